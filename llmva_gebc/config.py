@@ -1,0 +1,355 @@
+"""Configuration: OmegaConf YAML with ``model``, ``datasets`` and ``run`` sections.
+
+* A YAML file may name ``base: other.yaml`` (or a list); paths are relative to the file. The base is
+  loaded first and the file's own keys are merged over it, so size variants are small diffs.
+* The merged tree is checked against the dataclass schema below: a misspelled or unknown key is an
+  error naming its full path (``model.adapter.hiden_size``) and the file it came from.
+* ``--options a.b=c`` (alias ``--cfg-options``) overrides are checked the same way.
+* Paths in shipped configs use ``${oc.env:NAME,default}`` interpolations; the variables are listed in
+  the README (``LLMVA_DATA``, ``LLMVA_LLM_DIR``, ``LLMVA_OUTPUT`` ...).
+
+The schema lives here and only here; classes never see the config object, builders pass plain
+arguments to them.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+
+# --------------------------------------------------------------------------------------- schema
+@dataclass
+class VisionConfig:
+    """EVA-ViT-g/14 (``transformers.Blip2VisionConfig``); defaults are the full-size network."""
+
+    hidden_size: int = 1408
+    intermediate_size: int = 6144
+    num_hidden_layers: int = 39
+    num_attention_heads: int = 16
+    image_size: int = 224
+    patch_size: int = 14
+    layer_norm_eps: float = 1e-6
+    initializer_range: float = 0.02
+
+
+@dataclass
+class QFormerConfig:
+    """The frozen BLIP-2 image Q-Former (``transformers.Blip2QFormerConfig``)."""
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    cross_attention_frequency: int = 2
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+
+
+@dataclass
+class EncoderConfig:
+    """The frozen image path: ViT + ``ln_vision`` + Q-Former → (32, H) tokens per frame."""
+
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    qformer: QFormerConfig = field(default_factory=QFormerConfig)
+    num_query_tokens: int = 32
+    # Weights: "none" (random, for tests), "lavis" (eva_vit_g.pth + blip2_pretrained_*.pth) or
+    # "hf" (a Hugging Face BLIP-2 checkpoint directory).
+    weights: str = "none"
+    eva_vit_path: Optional[str] = None
+    qformer_path: Optional[str] = None
+    hf_dir: Optional[str] = None
+    precision: str = "fp16"  # fp32 | fp16 | bf16 (fp16/bf16 fall back to fp32 on CPU)
+    seed: int = 0  # for random weights ("none"), so extraction and captioning agree
+
+
+@dataclass
+class OtherFeatModelConfig:
+    name: str = "???"
+    dim: int = "???"  # type: ignore[assignment]
+
+
+@dataclass
+class AdapterConfig:
+    """The trainable part: video Q-Former, boundary embedding, other-feature branch, projection."""
+
+    hidden_size: int = 768
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    num_layers: int = 2
+    num_query_tokens: int = 32
+    max_frame_pos: int = 32
+    layer_norm_eps: float = 1e-12
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    initializer_range: float = 0.02
+    other_feats: List[OtherFeatModelConfig] = field(default_factory=list)
+    other_num_query_tokens: int = 8
+    other_max_pos: int = 128
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: List[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class LLMConfig:
+    """Any Hugging Face causal LM in a local directory (``AutoModelForCausalLM``)."""
+
+    path: str = "???"
+    gguf_file: Optional[str] = None
+    tokenizer_path: Optional[str] = None  # defaults to ``path``
+    dtype: str = "fp16"  # fp32 | fp16 | bf16 (fp16 falls back to fp32 on CPU)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class GenerationConfig:
+    num_beams: int = 2
+    max_new_tokens: int = 30
+    min_length: int = 1
+    repetition_penalty: float = 1.0
+    length_penalty: float = 1.0
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "llmva_gebc"
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    max_txt_len: int = 30
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    # Weights of the trainable part to start from: ours (a dir or .safetensors) or an original
+    # LLMVA-GEBC / Video-LLaMA ``.pth``.
+    checkpoint: Optional[str] = None
+    allow_partial_load: bool = False
+    # Build the frozen image encoder inside the model (raw-video training / captioning).
+    use_encoder: bool = False
+
+
+@dataclass
+class OtherFeatDataConfig:
+    name: str = "???"
+    dir: str = "???"
+    dim: int = "???"  # type: ignore[assignment]
+
+
+@dataclass
+class ProcessorConfig:
+    name: str = "clip_video_eval"
+    image_size: int = 224
+    num_frames: int = 12
+    sampling: str = "uniform"  # uniform | boundary
+    boundary_window: float = 2.0  # seconds either side of the boundary for "boundary" sampling
+
+
+@dataclass
+class DatasetConfig:
+    """One entry of ``datasets:``; the key names the builder unless ``builder`` is set.
+
+    Fields are a superset over builders; each builder reads those it documents.
+    """
+
+    builder: Optional[str] = None
+    root: Optional[str] = None
+    annotations: Dict[str, str] = field(default_factory=dict)  # split -> file
+    video_info: Optional[str] = None
+    features_dir: Optional[str] = None
+    videos_dir: Optional[str] = None
+    images_dir: Optional[str] = None
+    shards: Optional[str] = None  # WebDataset brace pattern
+    other_feats: List[OtherFeatDataConfig] = field(default_factory=list)
+    max_seq_len: int = 96
+    use_raw_video: bool = False
+    vis_processor: ProcessorConfig = field(default_factory=ProcessorConfig)
+    prompt: Optional[str] = None
+    sample_ratio: float = 1.0
+
+
+@dataclass
+class DistributedConfig:
+    strategy: str = "ddp"  # ddp | fsdp
+    backend: Optional[str] = None  # default: nccl on GPU, gloo on CPU
+
+
+@dataclass
+class RunConfig:
+    task: str = "gebc_captioning"
+    runner: str = "runner_base"
+    output_dir: str = "output"
+    run_name: str = "run"
+    seed: int = 42
+    device: str = "auto"  # auto | cpu | cuda
+    lr_sched: str = "linear_warmup_cosine_lr"
+    init_lr: float = 8e-5
+    min_lr: float = 1e-5
+    warmup_lr: float = 1e-6
+    warmup_steps: int = 5000
+    weight_decay: float = 0.001
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    max_epoch: int = 5
+    max_steps: Optional[int] = None
+    batch_size_train: int = 16
+    batch_size_eval: int = 16
+    accum_grad_iters: int = 1
+    grad_clip: Optional[float] = None
+    amp: str = "fp16"  # none | fp16 | bf16
+    num_workers: int = 4
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    train_splits: List[str] = field(default_factory=lambda: ["train"])
+    valid_splits: List[str] = field(default_factory=lambda: ["val"])
+    test_splits: List[str] = field(default_factory=lambda: ["test"])
+    evaluate_each_epoch: bool = True
+    best_metric: str = "agg_metrics"
+    resume: Optional[str] = None
+    nan_policy: str = "stop"  # stop | skip
+    share_prefix: bool = False
+    log_every: int = 10
+    tensorboard: bool = False
+    max_eval_samples: Optional[int] = None
+    report: bool = False
+    report_max_boundaries: int = 100
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    datasets: Dict[str, DatasetConfig] = field(default_factory=dict)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# --------------------------------------------------------------------------------------- loading
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+def _read_yaml(path: Path, chain: Sequence[Path] = ()) -> DictConfig:
+    if path in chain:
+        raise ConfigError(f"config inheritance cycle: {' -> '.join(map(str, [*chain, path]))}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as e:  # yaml.YAMLError and friends
+        raise ConfigError(f"cannot parse config {path}: {e}") from e
+    if not isinstance(raw, DictConfig):
+        raise ConfigError(f"config {path} must be a mapping at top level")
+    bases = raw.pop("base", None)
+    if bases is None:
+        return raw
+    if isinstance(bases, str):
+        bases = [bases]
+    merged = OmegaConf.create()
+    for b in bases:
+        bpath = (path.parent / str(b)).resolve()
+        merged = OmegaConf.merge(merged, _read_yaml(bpath, [*chain, path]))
+    return OmegaConf.merge(merged, raw)  # type: ignore[return-value]
+
+
+def _known_keys(schema: DictConfig, full_key: str) -> str:
+    parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
+    try:
+        node = OmegaConf.select(schema, parent) if parent else schema
+        if isinstance(node, DictConfig):
+            return ", ".join(str(k) for k in node.keys())
+    except OmegaConfBaseException:
+        pass
+    return "?"
+
+
+def _merge_checked(schema: DictConfig, other: Any, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(schema, other)  # type: ignore[return-value]
+    except (ConfigKeyError, ConfigAttributeError) as e:
+        key = getattr(e, "full_key", None) or str(e)
+        raise ConfigError(
+            f"unknown config key '{key}' in {source}; known keys there: {_known_keys(schema, key)}"
+        ) from None
+    except ValidationError as e:
+        raise ConfigError(f"bad value for config key '{getattr(e, 'full_key', '?')}' in {source}: {e.msg}") from None
+
+
+def parse_options(options: Sequence[str] | None) -> List[str]:
+    """Validate ``a.b=c`` strings; returns them unchanged."""
+    out = []
+    for opt in options or []:
+        if "=" not in opt or opt.startswith("="):
+            raise ConfigError(f"--options entries must look like key.path=value, got {opt!r}")
+        out.append(opt)
+    return out
+
+
+def load_config(path: str | os.PathLike, options: Sequence[str] | None = None) -> DictConfig:
+    """Load a YAML config with its bases, apply ``options`` and check everything against the schema."""
+    path = Path(path).resolve()
+    cfg = _merge_checked(OmegaConf.structured(Config), _read_yaml(path), str(path))
+    if options:
+        cfg = _merge_checked(cfg, OmegaConf.from_dotlist(parse_options(options)), "--options")
+    for name, ds in cfg.datasets.items():
+        if ds.builder is None:
+            ds.builder = name
+    return cfg
+
+
+def check_resolved(cfg: DictConfig, required: Sequence[str] = ()) -> None:
+    """Resolve interpolations; raise naming the key if one fails or a required key is unset."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot resolve config key '{getattr(e, 'full_key', '?')}': {e.msg}") from None
+    for key in required:
+        if OmegaConf.is_missing(cfg, key) if "." not in key else _is_missing_path(cfg, key):
+            raise ConfigError(f"config key '{key}' must be set (in the YAML or with --options {key}=...)")
+
+
+def _is_missing_path(cfg: DictConfig, key: str) -> bool:
+    parent, leaf = key.rsplit(".", 1)
+    node = OmegaConf.select(cfg, parent)
+    return node is None or OmegaConf.is_missing(node, leaf)
+
+
+def to_yaml(cfg: DictConfig, resolve: bool = True) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=resolve)
+
+
+def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
+    """Write the resolved config (atomically) into a run directory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(to_yaml(cfg, resolve=True))
+    os.replace(tmp, path)
+
+
+def add_config_args(parser) -> None:
+    """The CLI flags every entry point shares: ``--cfg-path`` and ``--options``/``--cfg-options``."""
+    parser.add_argument("--cfg-path", required=True, help="YAML config (may name a `base:`)")
+    parser.add_argument(
+        "--options", "--cfg-options", dest="options", nargs="+", default=[], metavar="KEY=VALUE",
+        help="override config keys, e.g. run.max_epoch=1 model.llm.dtype=fp32",
+    )
+
+
+def as_plain(node: Any) -> Any:
+    """A resolved plain-Python copy of a config node (for builders that pass kwargs on)."""
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+__all__ = [
+    "Config", "ModelConfig", "EncoderConfig", "AdapterConfig", "LLMConfig", "RunConfig", "DatasetConfig",
+    "ConfigError", "load_config", "save_config", "check_resolved", "add_config_args", "as_plain",
+    "parse_options", "to_yaml",
+]
