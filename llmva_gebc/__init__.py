@@ -7,6 +7,6 @@ from llmva_gebc import registry  # noqa: F401
 from llmva_gebc import config  # noqa: F401
 
 # Registration: each import below runs the module's @REGISTRY.register decorators.
-from llmva_gebc.models import llmva_gebc as _models_llmva_gebc  # noqa: F401
+# (model registration import is added when models/llmva_gebc.py lands)
 
 __version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""llmva_gebc.models"""
