@@ -196,6 +196,7 @@ class RunConfig:
     min_lr: float = 1e-5
     warmup_lr: float = 1e-6
     warmup_steps: int = 5000
+    lr_decay_rate: float = 0.9  # linear_warmup_step_lr: lr = max(min_lr, init_lr * lr_decay_rate**epoch)
     weight_decay: float = 0.001
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     max_epoch: int = 5
@@ -212,7 +213,8 @@ class RunConfig:
     test_splits: List[str] = field(default_factory=lambda: ["test"])
     evaluate_each_epoch: bool = True
     best_metric: str = "agg_metrics"
-    resume: Optional[str] = None
+    resume: Optional[str] = None  # a checkpoint dir (checkpoint_last/ or checkpoint_best/) to continue from
+    save_every_steps: Optional[int] = None  # also write checkpoint_last/ every N optimizer steps (mid-epoch)
     nan_policy: str = "stop"  # stop | skip
     share_prefix: bool = False
     log_every: int = 10

@@ -1,9 +1,36 @@
-"""The only module that touches ``torch.distributed`` (single-process fallbacks until initialised)."""
+"""The only module that touches ``torch.distributed``.
+
+Every function has a single-process fallback, so library code can call ``get_rank()``,
+``barrier()``, ``all_gather_object()`` ... without caring whether it runs under ``torchrun``.
+
+* :func:`init_distributed` reads ``RANK`` / ``LOCAL_RANK`` / ``WORLD_SIZE`` (set by ``torchrun``) and
+  starts a process group: NCCL when CUDA is available, gloo otherwise. One process: no-op.
+* :func:`wrap_model` applies PyTorch's own engines: DDP (``strategy="ddp"``) or FSDP2
+  (``strategy="fsdp"``, ``torch.distributed.fsdp.fully_shard``) unit by unit: each LLM decoder layer,
+  then every top-level child of the model (the adapter parts, the rest of the LLM), then the root.
+* :class:`EpochBatchSampler` is the deterministic, resumable training sampler.
+* Helpers that hide DTensor/DDP details from the trainer: :func:`unwrap`, :func:`no_grad_sync`,
+  :func:`full_trainable_state_dict`, :func:`load_full_trainable_state_dict`,
+  :func:`optimizer_state_dict`, :func:`load_optimizer_state_dict`.
+"""
 from __future__ import annotations
 
+import contextlib
+import datetime
+import logging
+import os
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import torch
 import torch.distributed as _td
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("ddp", "fsdp")
 
 
+# ------------------------------------------------------------------------------------ process group
 def is_initialized() -> bool:
     return _td.is_available() and _td.is_initialized()
 
@@ -16,8 +43,42 @@ def get_world_size() -> int:
     return _td.get_world_size() if is_initialized() else 1
 
 
+def get_local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0)) if is_initialized() else 0
+
+
 def is_main_process() -> bool:
     return get_rank() == 0
+
+
+def init_distributed(backend: Optional[str] = None, timeout_s: int = 1800) -> Tuple[int, int, int]:
+    """Start the process group from torchrun's environment; returns ``(rank, local_rank, world_size)``.
+
+    ``WORLD_SIZE`` unset or 1 → single process, nothing is initialised. ``backend`` None → ``nccl`` when
+    CUDA is available, else ``gloo``. On CUDA the current device is set to ``cuda:LOCAL_RANK``.
+    Calling it again once initialised just returns the current values.
+    """
+    if is_initialized():
+        return get_rank(), get_local_rank(), get_world_size()
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return 0, 0, 1
+    for var in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        if var not in os.environ:
+            raise RuntimeError(f"WORLD_SIZE={world_size} but {var} is not set; launch with torchrun")
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    _td.init_process_group(backend=backend, rank=rank, world_size=world_size,
+                           timeout=datetime.timedelta(seconds=timeout_s))
+    return rank, local_rank, world_size
+
+
+def destroy() -> None:
+    if is_initialized():
+        _td.destroy_process_group()
 
 
 def barrier() -> None:
@@ -25,9 +86,298 @@ def barrier() -> None:
         _td.barrier()
 
 
-def all_gather_object(obj) -> list:
+def all_gather_object(obj: Any) -> list:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` in a single process."""
     if not is_initialized():
         return [obj]
-    out = [None] * get_world_size()
+    out: list = [None] * get_world_size()
     _td.all_gather_object(out, obj)
     return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank."""
+    if not is_initialized():
+        return obj
+    box = [obj]
+    _td.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def _comm_device() -> torch.device:
+    if is_initialized() and _td.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks (a new tensor; the input is untouched)."""
+    if not is_initialized():
+        return tensor.detach().clone()
+    t = tensor.detach().to(_comm_device(), copy=True)
+    _td.all_reduce(t, op=_td.ReduceOp.SUM)
+    return (t / get_world_size()).to(tensor.device)
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    if not is_initialized():
+        return tensor.detach().clone()
+    t = tensor.detach().to(_comm_device(), copy=True)
+    _td.all_reduce(t, op=_td.ReduceOp.SUM)
+    return t.to(tensor.device)
+
+
+def any_true(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any rank."""
+    if not is_initialized():
+        return bool(flag)
+    return bool(all_reduce_sum(torch.tensor([1.0 if flag else 0.0])).item() > 0)
+
+
+# ------------------------------------------------------------------------------------ wrapping
+def _decoder_layers(model: nn.Module) -> List[nn.Module]:
+    return [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+
+
+def wrap_model(model: nn.Module, strategy: str = "ddp", device: Optional[torch.device] = None,
+               find_unused_parameters: bool = False) -> nn.Module:
+    """Wrap ``model`` for data-parallel training; returns it unchanged in a single process.
+
+    ``ddp``: ``DistributedDataParallel`` (only parameters with ``requires_grad`` are synchronised;
+    ``find_unused_parameters`` stays False unless asked, since every trainable parameter is used).
+    ``fsdp``: FSDP2 ``fully_shard`` bottom-up: every module whose class name ends in ``DecoderLayer``
+    (the frozen LLM's blocks, LoRA weights included), then each top-level child of ``model`` that
+    still owns unsharded parameters (adapter parts, LLM embeddings/head, the encoder), then the root.
+    FSDP2 only requires uniform dtype among the *trainable* parameters of a unit, so frozen fp16 LLM
+    weights and fp32 adapter weights live in different units. ``generate`` is registered as an FSDP
+    forward method so it all-gathers parameters like ``forward``.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"run.distributed.strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if not is_initialized():
+        return model
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        kwargs: Dict[str, Any] = {}
+        if device is not None and device.type == "cuda":
+            kwargs = {"device_ids": [device.index], "output_device": device.index}
+        return DDP(model, find_unused_parameters=find_unused_parameters, **kwargs)
+
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    dev_type = device.type if device is not None else _comm_device().type
+    mesh = init_device_mesh(dev_type, (get_world_size(),))
+    sharded: set = set()
+
+    def owned(m: nn.Module) -> List[nn.Parameter]:
+        return [p for p in m.parameters() if id(p) not in sharded]
+
+    def shard(m: nn.Module) -> None:
+        params = owned(m)
+        fully_shard(m, mesh=mesh)
+        sharded.update(id(p) for p in params)
+
+    for layer in _decoder_layers(model):
+        shard(layer)
+    for _, child in model.named_children():
+        if owned(child):
+            shard(child)
+    fully_shard(model, mesh=mesh)
+    if hasattr(model, "generate"):
+        register_fsdp_forward_method(model, "generate")
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user model inside a DDP wrapper (FSDP2 modifies the model in place)."""
+    return model.module if hasattr(model, "module") and isinstance(getattr(model, "module"), nn.Module) \
+        and type(model).__name__ == "DistributedDataParallel" else model
+
+
+def is_fsdp(model: nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(model, FSDPModule)
+
+
+@contextlib.contextmanager
+def no_grad_sync(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Skip the gradient all-reduce / reduce-scatter (for gradient-accumulation micro-steps)."""
+    if not enabled or not is_initialized():
+        yield
+        return
+    if is_fsdp(model):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    elif hasattr(model, "no_sync"):
+        with model.no_sync():
+            yield
+    else:
+        yield
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(t, DTensor):
+        return t.full_tensor()
+    return t
+
+
+def full_trainable_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The unsharded trainable weights on CPU (a collective under FSDP: every rank must call it)."""
+    inner = unwrap(model)
+    return {k: _full(v.detach()).cpu().clone() for k, v in inner.trainable_state_dict().items()}
+
+
+@torch.no_grad()
+def load_full_trainable_state_dict(model: nn.Module, sd: Dict[str, torch.Tensor]) -> None:
+    """Load unsharded trainable weights into a (possibly FSDP-sharded) model; every rank calls it."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    inner = unwrap(model)
+    if not any(isinstance(p, DTensor) for _, p in inner.trainable_parameters()):
+        inner.load_trainable_state_dict(sd, strict=True)
+        return
+    params = dict(inner.trainable_parameters())
+    missing = sorted(set(params) - set(sd))
+    if missing:
+        raise KeyError(f"trainable weights missing from the checkpoint: {missing[:5]}")
+    for name, p in params.items():
+        full = sd[name].to(dtype=p.dtype)
+        if isinstance(p, DTensor):
+            local = distribute_tensor(full.to(p.device_mesh.device_type), p.device_mesh, p.placements)
+            p.to_local().copy_(local.to_local())
+        else:
+            p.copy_(full.to(p.device))
+
+
+def optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
+    """An optimizer state that does not depend on the sharding (a collective under FSDP).
+
+    DDP / single process: ``optimizer.state_dict()`` (identical on every rank). FSDP: the full,
+    unsharded state keyed by parameter name (``torch.distributed.checkpoint.state_dict``).
+    """
+    if is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return {"fsdp_full": get_optimizer_state_dict(
+            model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=False))}
+    return optimizer.state_dict()
+
+
+def load_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer, state: Dict[str, Any]) -> None:
+    if "fsdp_full" in state:
+        if not is_fsdp(model):
+            raise ValueError("this optimizer state was saved by an FSDP run; resume with run.distributed.strategy=fsdp")
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, optimizer, optim_state_dict=state["fsdp_full"],
+                                 options=StateDictOptions(full_state_dict=True))
+        return
+    if is_fsdp(model):
+        raise ValueError("this optimizer state was saved by a DDP/single-process run; resume with the same strategy")
+    optimizer.load_state_dict(state)
+
+
+# ------------------------------------------------------------------------------------ sampling
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The RNG seed of one training sample in one epoch: independent of rank, world size and batch."""
+    return ((seed * 1_000_003 + epoch) * 1_000_003 + index) % (2**63 - 1)
+
+
+class EpochBatchSampler(torch.utils.data.Sampler):
+    """Deterministic, rank-sharded, resumable batch sampler for training.
+
+    Epoch ``e``'s order is ``randperm(n)`` from a generator seeded with ``seed + e`` (``shuffle``) or
+    ``0..n-1``; it is padded by wrapping around to a multiple of ``world_size``, rank ``r`` takes
+    ``order[r::world_size]`` (as ``DistributedSampler``) and cuts it into ``batch_size`` batches,
+    dropping the last partial one so every rank runs the same number of steps.
+
+    Each element is ``(index, sample_seed)`` so a :class:`SeededDataset` can seed per-sample
+    randomness. ``set_epoch(e, start_batch=k)`` restarts epoch ``e`` at batch ``k`` (resume) without
+    touching any global RNG.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1,
+                 seed: int = 0, shuffle: bool = True) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.n, self.batch_size, self.rank, self.world_size = num_samples, batch_size, rank, world_size
+        self.seed, self.shuffle = seed, shuffle
+        self.epoch, self.start_batch = 0, 0
+        per_rank = -(-num_samples // world_size)
+        self.batches_per_epoch = per_rank // batch_size
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"the training set has {num_samples} samples, fewer than batch_size ({batch_size}) x "
+                f"world_size ({world_size}); lower run.batch_size_train")
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def _order(self) -> List[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        total = -(-self.n // self.world_size) * self.world_size
+        order = (order * (total // max(self.n, 1) + 1))[:total]
+        return order[self.rank::self.world_size]
+
+    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
+        mine = self._order()
+        for b in range(self.start_batch, self.batches_per_epoch):
+            idx = mine[b * self.batch_size:(b + 1) * self.batch_size]
+            yield [(i, sample_seed(self.seed, self.epoch, i)) for i in idx]
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch - self.start_batch
+
+
+class SeededDataset(torch.utils.data.Dataset):
+    """Runs ``dataset[index]`` with python/numpy/torch RNGs seeded by the sampler's per-sample seed.
+
+    Random augmentation (frame jitter ...) then depends only on (seed, epoch, index): not on the
+    worker that loads it, the batches skipped on resume, or the model's own RNG use.
+    """
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        import random
+
+        import numpy as np
+
+        index, seed = item
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+
+
+__all__ = [
+    "init_distributed", "destroy", "is_initialized", "get_rank", "get_local_rank", "get_world_size",
+    "is_main_process", "barrier", "all_gather_object", "broadcast_object", "all_reduce_mean",
+    "all_reduce_sum", "any_true", "wrap_model", "unwrap", "is_fsdp", "no_grad_sync",
+    "full_trainable_state_dict", "load_full_trainable_state_dict", "optimizer_state_dict",
+    "load_optimizer_state_dict", "EpochBatchSampler", "SeededDataset", "sample_seed", "STRATEGIES",
+]
