@@ -7,6 +7,8 @@ from llmva_gebc import registry  # noqa: F401
 from llmva_gebc import config  # noqa: F401
 
 # Registration: each import below runs the module's @REGISTRY.register decorators.
-# (model registration import is added when models/llmva_gebc.py lands)
+from llmva_gebc.engine import optim as _engine_optim  # noqa: F401  (LR schedulers)
+from llmva_gebc.engine import trainer as _engine_trainer  # noqa: F401  (runner_base)
+from llmva_gebc.models import llmva_gebc as _models_llmva_gebc  # noqa: F401
 
 __version__ = "0.1.0"

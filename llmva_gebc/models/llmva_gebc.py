@@ -1,0 +1,269 @@
+"""LLMVA-GEBC: frozen image tokens → trainable adapter → frozen causal LM, for boundary captioning.
+
+Sequence layout (one sample), exactly the original's for a batch of one:
+    [BOS] + "Video:" + visual tokens (32[+8]) + prompt + caption + EOS
+The prompt is "This video describes the <label>.<type prompt>" (built by the data pipeline). Labels
+are -100 everywhere but on caption + EOS; the loss is the mean token cross-entropy over all caption
+tokens of the batch (per token, as the original's Hugging Face loss).
+
+Unlike the original, which right-pads the prompts in the middle of the sequence (so a sample's loss and
+caption depend on its batch-mates), each sample is laid out without inner padding: training pads at
+the END of the sequence and generation pads at the START (left), with attention masks and position ids
+derived from them. A sample's result therefore equals its batch-of-one result, which is the
+original's result for that sample.
+
+The frozen LLM is any ``AutoModelForCausalLM`` in a local directory (optionally a GGUF file); prompt
+embeddings go through ``get_input_embeddings()`` so that OPT, LLaMA and others swap by config.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from llmva_gebc.models.adapter import GEBCAdapter
+from llmva_gebc.models.dtypes import resolve_dtype
+from llmva_gebc.registry import MODELS
+
+log = logging.getLogger(__name__)
+
+VIDEO_PREFIX = "Video:"
+
+
+def load_llm(path: str, dtype: torch.dtype, gguf_file: Optional[str] = None, tokenizer_path: Optional[str] = None):
+    """Load a frozen causal LM and its tokenizer from a LOCAL directory (no hub access)."""
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(
+            f"model.llm.path: LLM directory not found: {p}. Point it at a local Hugging Face model "
+            "directory (config.json + weights) or a directory holding a .gguf file (model.llm.gguf_file)."
+        )
+    kw: Dict[str, Any] = {"local_files_only": True}
+    if gguf_file:
+        if not (p / gguf_file).is_file():
+            raise FileNotFoundError(f"model.llm.gguf_file: {p / gguf_file} not found; .gguf files there: "
+                                    f"{sorted(x.name for x in p.glob('*.gguf'))}")
+        kw["gguf_file"] = gguf_file
+    tok_dir = tokenizer_path or str(p)
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir, **kw)
+    model = AutoModelForCausalLM.from_pretrained(str(p), dtype=dtype, **kw)
+    return model, tokenizer
+
+
+class LLMVAGEBC(nn.Module):
+    """The whole captioner. Frozen: the LLM (and the image encoder, when built). Trainable: the adapter
+    (and LoRA weights on the LLM, when enabled)."""
+
+    def __init__(self, adapter: GEBCAdapter, llm: nn.Module, tokenizer, max_txt_len: int = 30,
+                 generation: Optional[Dict[str, Any]] = None, encoder: Optional[nn.Module] = None) -> None:
+        super().__init__()
+        self.adapter = adapter
+        self.llm = llm
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.max_txt_len = max_txt_len
+        self.generation = dict(generation or {})
+        eos = tokenizer.eos_token_id
+        if eos is None:
+            raise ValueError("the LLM tokenizer has no eos_token; set one in its tokenizer_config.json")
+        self.eos_id = eos
+        self.bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
+        self._text_cache: Dict[str, List[int]] = {}
+        self.video_prefix_ids = self._ids(VIDEO_PREFIX)
+        for p in self.llm.parameters():
+            if not getattr(p, "_llmva_trainable", False):
+                p.requires_grad_(False)
+        self.llm.eval()
+
+    # ------------------------------------------------------------------ housekeeping
+    def train(self, mode: bool = True) -> "LLMVAGEBC":
+        """The adapter follows ``mode``; the frozen LLM and encoder stay in eval mode (no dropout)."""
+        super().train(mode)
+        self.llm.eval()
+        if self.encoder is not None:
+            self.encoder.eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.adapter.proj.weight.device
+
+    @property
+    def llm_dtype(self) -> torch.dtype:
+        return self.llm.get_input_embeddings().weight.dtype
+
+    def trainable_parameters(self) -> List[Tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
+        names = {n for n, _ in self.trainable_parameters()}
+        return {k: v.detach().clone() for k, v in self.state_dict().items() if k in names}
+
+    def load_trainable_state_dict(self, sd: Dict[str, torch.Tensor], strict: bool = True) -> Tuple[List[str], List[str]]:
+        """Load trainable weights. Returns (missing, unexpected); with ``strict`` raises if either is non-empty."""
+        expected = {n for n, _ in self.trainable_parameters()}
+        missing = sorted(expected - set(sd))
+        unexpected = sorted(set(sd) - expected)
+        if strict and (missing or unexpected):
+            raise KeyError(f"trainable state dict mismatch: missing {missing}, unexpected {unexpected}")
+        own = dict(self.named_parameters())
+        with torch.no_grad():
+            for k, v in sd.items():
+                if k in expected:
+                    if own[k].shape != v.shape:
+                        raise ValueError(f"shape mismatch for '{k}': checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}")
+                    own[k].copy_(v.to(own[k].dtype))
+        return missing, unexpected
+
+    # ------------------------------------------------------------------ text
+    def _ids(self, text: str) -> List[int]:
+        """Token ids of a fixed string, tokenised once (prompts repeat across the whole split)."""
+        ids = self._text_cache.get(text)
+        if ids is None:
+            ids = self.tokenizer(text, add_special_tokens=False).input_ids
+            self._text_cache[text] = ids
+        return ids
+
+    def caption_ids(self, caption: str) -> List[int]:
+        """caption + EOS, truncated to ``max_txt_len`` AFTER the EOS is appended (the original's quirk:
+        a caption of >= max_txt_len tokens has no EOS target)."""
+        ids = self.tokenizer(caption, add_special_tokens=False).input_ids + [self.eos_id]
+        return ids[: self.max_txt_len]
+
+    def _embed(self, ids: Sequence[int]) -> torch.Tensor:
+        t = torch.tensor(list(ids), dtype=torch.long, device=self.device)
+        return self.llm.get_input_embeddings()(t)  # (L, D)
+
+    # ------------------------------------------------------------------ visual
+    def visual_tokens(self, batch: Dict[str, Any]) -> torch.Tensor:
+        """batch → visual tokens (B, Nv, D) in the LLM's dtype."""
+        if "q_tokens" in batch:
+            q = batch["q_tokens"].to(self.device)  # (B, T, Q, H)
+        elif "frames" in batch:
+            if self.encoder is None:
+                raise ValueError("batch has raw 'frames' but the model has no image encoder "
+                                 "(set model.use_encoder: true)")
+            frames = batch["frames"].to(self.device)  # (B, T, 3, S, S)
+            B, T = frames.shape[:2]
+            q = self.encoder(frames.flatten(0, 1)).reshape(B, T, *self.encoder.query_tokens.shape[1:])  # (B, T, Q, H)
+        else:
+            raise KeyError("batch needs 'q_tokens' (pre-extracted features) or 'frames' (raw video)")
+        ref = batch["ref_points"].to(self.device)  # (B, 2) float64
+        other = batch.get("other_feats")
+        if other is not None:
+            other = other.to(self.device)  # (B, S, sum_d)
+        return self.adapter(q, ref, other).to(self.llm_dtype)  # (B, Nv, D)
+
+    def _prefix(self, vis: torch.Tensor, prompt: str) -> torch.Tensor:
+        """[BOS] + "Video:" + visual + prompt embeddings for one sample: (Lp, D)."""
+        head = self._embed([self.bos_id, *self.video_prefix_ids])  # (1+Lv, D)
+        return torch.cat([head, vis, self._embed(self._ids(prompt))], dim=0)  # (Lp, D)
+
+    # ------------------------------------------------------------------ training
+    def forward(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        vis = self.visual_tokens(batch)  # (B, Nv, D)
+        seqs, labels = [], []
+        for i, (prompt, caption) in enumerate(zip(batch["prompt"], batch["caption"])):
+            if caption is None:
+                raise ValueError(f"sample {batch.get('boundary_id', ['?'] * (i + 1))[i]} has no caption to train on")
+            prefix = self._prefix(vis[i], prompt)  # (Lp, D)
+            cap = self.caption_ids(caption)
+            seqs.append(torch.cat([prefix, self._embed(cap)], dim=0))  # (Lp+Lc, D)
+            labels.append([-100] * prefix.shape[0] + cap)
+        L = max(s.shape[0] for s in seqs)
+        B, D = len(seqs), vis.shape[-1]
+        embeds = vis.new_zeros(B, L, D)  # (B, L, D), right-padded at the END of the sequence
+        attn = torch.zeros(B, L, dtype=torch.long, device=self.device)
+        tgt = torch.full((B, L), -100, dtype=torch.long, device=self.device)
+        for i, (s, lab) in enumerate(zip(seqs, labels)):
+            embeds[i, : s.shape[0]] = s
+            attn[i, : s.shape[0]] = 1
+            tgt[i, : len(lab)] = torch.tensor(lab, device=self.device)
+        out = self.llm(inputs_embeds=embeds, attention_mask=attn, labels=tgt, use_cache=False)
+        return {"loss": out.loss}
+
+    # ------------------------------------------------------------------ generation
+    def generation_kwargs(self, **overrides) -> Dict[str, Any]:
+        g = {"num_beams": 2, "max_new_tokens": 30, "min_length": 1, "repetition_penalty": 1.0,
+             "length_penalty": 1.0}
+        g.update(self.generation)
+        g.update({k: v for k, v in overrides.items() if v is not None})
+        return g
+
+    @torch.no_grad()
+    def generate(self, batch: Dict[str, Any], **overrides) -> List[str]:
+        """Beam search, one caption per sample. Prompts are LEFT-padded so that every sample's result
+        equals its batch-of-one result."""
+        vis = self.visual_tokens(batch)  # (B, Nv, D)
+        prefixes = [self._prefix(vis[i], p) for i, p in enumerate(batch["prompt"])]
+        L = max(p.shape[0] for p in prefixes)
+        B, D = len(prefixes), vis.shape[-1]
+        embeds = vis.new_zeros(B, L, D)  # (B, L, D), left-padded
+        attn = torch.zeros(B, L, dtype=torch.long, device=self.device)
+        for i, p in enumerate(prefixes):
+            embeds[i, L - p.shape[0]:] = p
+            attn[i, L - p.shape[0]:] = 1
+        g = self.generation_kwargs(**overrides)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+        out = self.llm.generate(
+            inputs_embeds=embeds, attention_mask=attn, do_sample=False, num_return_sequences=1,
+            eos_token_id=self.eos_id, pad_token_id=pad, bos_token_id=self.bos_id, **g,
+        )  # (B, new) — only the new tokens when generating from inputs_embeds
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+
+# ---------------------------------------------------------------------- builder
+def build_adapter(acfg, llm_hidden_size: int) -> GEBCAdapter:
+    return GEBCAdapter(
+        llm_hidden_size=llm_hidden_size, hidden_size=acfg.hidden_size,
+        num_attention_heads=acfg.num_attention_heads, intermediate_size=acfg.intermediate_size,
+        num_layers=acfg.num_layers, num_query_tokens=acfg.num_query_tokens, max_frame_pos=acfg.max_frame_pos,
+        layer_norm_eps=acfg.layer_norm_eps, hidden_dropout_prob=acfg.hidden_dropout_prob,
+        attention_probs_dropout_prob=acfg.attention_probs_dropout_prob, initializer_range=acfg.initializer_range,
+        other_feat_dims=[int(f.dim) for f in acfg.other_feats], other_num_query_tokens=acfg.other_num_query_tokens,
+        other_max_pos=acfg.other_max_pos,
+    )
+
+
+def _apply_lora(llm: nn.Module, lcfg) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    peft_cfg = LoraConfig(r=lcfg.r, lora_alpha=lcfg.alpha, lora_dropout=lcfg.dropout,
+                          target_modules=list(lcfg.target_modules), bias="none", task_type="CAUSAL_LM")
+    model = get_peft_model(llm, peft_cfg)
+    for n, p in model.named_parameters():
+        if "lora_" in n:
+            p._llmva_trainable = True  # survives LLMVAGEBC's freezing of the LLM
+    return model
+
+
+@MODELS.register("llmva_gebc")
+def build_llmva_gebc(mcfg, device: Optional[torch.device | str] = None) -> LLMVAGEBC:
+    """Build the captioner from ``model:`` config; loads ``model.checkpoint`` if set."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    llm, tokenizer = load_llm(mcfg.llm.path, resolve_dtype(mcfg.llm.dtype, dev, "model.llm.dtype"),
+                              mcfg.llm.gguf_file, mcfg.llm.tokenizer_path)
+    if mcfg.llm.lora.enabled:
+        llm = _apply_lora(llm, mcfg.llm.lora)
+    adapter = build_adapter(mcfg.adapter, llm.get_input_embeddings().weight.shape[1])
+    encoder = None
+    if mcfg.use_encoder:
+        from llmva_gebc.models.encoder import build_encoder
+
+        encoder = build_encoder(mcfg.encoder)
+    model = LLMVAGEBC(adapter, llm, tokenizer, max_txt_len=mcfg.max_txt_len,
+                      generation=dict(mcfg.generation), encoder=encoder)
+    model.to(dev)
+    if encoder is not None:  # .to() above may have moved the ViT back to fp32
+        encoder.set_precision(resolve_dtype(mcfg.encoder.precision, dev, "model.encoder.precision"))
+    if mcfg.checkpoint:
+        from llmva_gebc.models.checkpoint import load_trainable
+
+        load_trainable(model, mcfg.checkpoint, allow_partial=mcfg.allow_partial_load)
+    return model
