@@ -1,0 +1,211 @@
+"""Offline feature extraction: video files -> ``<out>/<video_id>.npy`` image Q-Former tokens (T, Q, H).
+
+    python -m llmva_gebc.extract --cfg-path train_configs/tiny.yaml --videos DIR --out DIR \
+        [--list FILE] [--dataset gebc] [--batch-size 64] [--device cpu] [--options key=value ...]
+
+* Frames: ``datasets.<dataset>.vis_processor`` (``num_frames``, processor ``name``/``image_size``), T
+  frames uniformly over the whole clip (as the reference extracts them; ``sampling: boundary`` does
+  not apply to per-video features and is ignored here with a warning).
+* Encoder: ``build_encoder(cfg.model.encoder)``; frames of several videos are batched together
+  (``--batch-size`` frames per forward).
+* Resumable: a video whose ``.npy`` exists is skipped. Each ``.npy`` is written to a temporary file
+  in the output folder and renamed into place, so an interrupted run never leaves a partial file.
+* A video that fails (missing, corrupt, encoder error) is recorded in ``<out>/extract_report.json``
+  (``{"failed": [{"video", "error"}], ...}``) and the run goes on; the exit status is 1 if any failed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from llmva_gebc.data.gebc import VIDEO_EXTS, find_video
+from llmva_gebc.data.video import read_frames
+
+logger = logging.getLogger(__name__)
+REPORT_NAME = "extract_report.json"
+
+
+def atomic_save_npy(arr: np.ndarray, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_report(report: Dict[str, Any], out_dir: Path) -> Path:
+    path = out_dir / REPORT_NAME
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def list_videos(videos_dir: str | os.PathLike, list_file: Optional[str | os.PathLike] = None) -> List[Path]:
+    """Videos to process: every video file directly in ``videos_dir``, or the ids/paths in ``list_file``.
+
+    Ids in the list without a file come back as ``<videos_dir>/<id>.mp4`` (then reported as missing).
+    """
+    videos_dir = Path(videos_dir)
+    if list_file is None:
+        if not videos_dir.is_dir():
+            raise FileNotFoundError(f"videos dir not found: {videos_dir}")
+        return sorted(p for p in videos_dir.iterdir() if p.suffix.lower() in VIDEO_EXTS and p.is_file())
+    out = []
+    for line in Path(list_file).read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        p = Path(line)
+        if p.suffix.lower() in VIDEO_EXTS:
+            out.append(p if p.is_absolute() or p.is_file() else videos_dir / p)
+        else:
+            out.append(find_video(videos_dir, line) or videos_dir / f"{line}.mp4")
+    return out
+
+
+def extract_features(
+    encoder: torch.nn.Module,
+    video_paths: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    processor: Callable[[np.ndarray], torch.Tensor],
+    num_frames: int,
+    batch_size: int = 64,
+    *,
+    overwrite: bool = False,
+    save_dtype: str = "float32",
+    progress: bool = True,
+    write_report: bool = True,
+) -> Dict[str, Any]:
+    """Extract (T, Q, H) tokens for each video into ``out_dir/<stem>.npy``; returns the report dict.
+
+    ``encoder``: frames (N, 3, S, S) -> (N, Q, H) with ``.device`` and ``.dtype``. Failures are
+    recorded (``report["failed"]``) and the run goes on.
+    """
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np_dtype = {"float32": np.float32, "float16": np.float16}[save_dtype]
+    report: Dict[str, Any] = {"videos": len(video_paths), "extracted": 0, "skipped": 0, "failed": [],
+                              "frames": 0, "seconds": 0.0, "out_dir": str(out_dir)}
+    pending: List[Tuple[str, torch.Tensor]] = []  # (video id, frames (T, 3, S, S))
+    t0 = time.perf_counter()
+
+    def flush() -> None:
+        if not pending:
+            return
+        frames = torch.cat([f for _, f in pending])  # (sum T, 3, S, S)
+        try:
+            outs = []
+            for i in range(0, len(frames), batch_size):
+                x = frames[i : i + batch_size].to(device=encoder.device, dtype=encoder.dtype)
+                with torch.no_grad():
+                    outs.append(encoder(x).float().cpu())  # (n, Q, H)
+            tokens = torch.cat(outs)  # (sum T, Q, H)
+        except Exception as e:  # e.g. out of memory: these videos fail, the run goes on
+            for vid, _ in pending:
+                report["failed"].append({"video": vid, "error": f"encoder: {type(e).__name__}: {e}"})
+            pending.clear()
+            return
+        start = 0
+        for vid, f in pending:
+            arr = tokens[start : start + len(f)].numpy().astype(np_dtype)  # (T, Q, H)
+            start += len(f)
+            try:
+                atomic_save_npy(arr, out_dir / f"{vid}.npy")
+            except OSError as e:
+                report["failed"].append({"video": vid, "error": f"write: {e}"})
+                continue
+            report["extracted"] += 1
+            report["frames"] += len(f)
+        pending.clear()
+
+    try:
+        for path in tqdm(list(video_paths), desc="extract", unit="video", disable=not progress):
+            path = Path(path)
+            vid = path.stem
+            if not overwrite and (out_dir / f"{vid}.npy").is_file():
+                report["skipped"] += 1
+                continue
+            try:
+                frames = processor(read_frames(path, num_frames))  # (T, 3, S, S)
+            except Exception as e:
+                report["failed"].append({"video": str(path), "error": f"{type(e).__name__}: {e}"})
+                continue
+            pending.append((vid, frames))
+            if sum(len(f) for _, f in pending) >= batch_size:
+                flush()
+        flush()
+    finally:  # also on KeyboardInterrupt: what is written stays, the report says what happened
+        report["seconds"] = round(time.perf_counter() - t0, 3)
+        if write_report:
+            _write_report(report, out_dir)
+    return report
+
+
+def _pick_dataset_cfg(cfg, name: Optional[str]):
+    if name is not None:
+        if name not in cfg.datasets:
+            raise KeyError(f"--dataset '{name}' is not in the config's datasets ({list(cfg.datasets)})")
+        return cfg.datasets[name]
+    return next(iter(cfg.datasets.values()), None)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from llmva_gebc.config import add_config_args, load_config
+    from llmva_gebc.data.processors import build_processor
+    from llmva_gebc.models.encoder import build_encoder
+
+    p = argparse.ArgumentParser(description="Extract image Q-Former tokens for every video (resumable).")
+    add_config_args(p)
+    p.add_argument("--videos", required=True, help="folder of video files (<video_id>.mp4)")
+    p.add_argument("--out", required=True, help="output folder for <video_id>.npy")
+    p.add_argument("--list", default=None, help="optional file of video ids or paths, one per line")
+    p.add_argument("--dataset", default=None, help="datasets.<name> whose vis_processor to use (default: the first)")
+    p.add_argument("--batch-size", type=int, default=64, help="frames per encoder forward")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: run.device)")
+    p.add_argument("--save-dtype", default="float32", choices=["float32", "float16"])
+    p.add_argument("--overwrite", action="store_true", help="recompute videos whose .npy exists")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    cfg = load_config(a.cfg_path, a.options)
+    ds_cfg = _pick_dataset_cfg(cfg, a.dataset)
+    proc_cfg = ds_cfg.vis_processor if ds_cfg is not None else None
+    processor = build_processor(proc_cfg, training=False)
+    num_frames = int(proc_cfg.num_frames) if proc_cfg is not None else 12
+    if proc_cfg is not None and proc_cfg.sampling != "uniform":
+        logger.warning("vis_processor.sampling=%s ignored: per-video features use uniform sampling", proc_cfg.sampling)
+    device = a.device or cfg.run.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    encoder = build_encoder(cfg.model.encoder, device=device)
+    videos = list_videos(a.videos, a.list)
+    rep = extract_features(encoder, videos, a.out, processor, num_frames, a.batch_size, overwrite=a.overwrite,
+                           save_dtype=a.save_dtype, progress=not a.no_progress)
+    secs = max(rep["seconds"], 1e-9)
+    print(
+        f"extract: {rep['extracted']} extracted, {rep['skipped']} skipped (already done), {len(rep['failed'])} failed"
+        f" of {rep['videos']} in {rep['seconds']:.1f}s ({rep['extracted'] / secs:.2f} videos/s,"
+        f" {rep['frames'] / secs:.1f} frames/s); report: {Path(a.out) / REPORT_NAME}"
+    )
+    for f in rep["failed"][:10]:
+        print(f"  FAILED {f['video']}: {f['error']}", file=sys.stderr)
+    return 1 if rep["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
