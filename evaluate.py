@@ -1,0 +1,91 @@
+#!/usr/bin/env python
+"""Evaluate a model on a GEBC split, or score a submission file.
+
+Model mode (plain python or torchrun)::
+
+    python evaluate.py --cfg-path eval_configs/X.yaml [--ckpt DIR] [--split val|test] [--report] [--options k=v ...]
+    torchrun --nproc_per_node=N evaluate.py --cfg-path ...
+
+writes ``predictions_<split>.json``, ``submission_<split>.json``, ``submit_<split>.pkl``,
+``metrics_<split>.json`` (when the split has references) and ``report.html`` (``--report``) into
+``<run.output_dir>/<run.run_name>/``.
+
+Score mode (no model, no torch import)::
+
+    python evaluate.py --score submission.json|submit_val.pkl --annotations valset_highest_f1.json [--out metrics.json]
+
+validates the submission against the annotation file and prints the metrics JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def score_main(args: argparse.Namespace) -> int:
+    from llmva_gebc.eval.metrics import MetricsError, score_captions
+    from llmva_gebc.eval.submission import (
+        SubmissionError, load_submission, references_from_annotations, validate_submission, write_json,
+    )
+
+    try:
+        sub = load_submission(args.score)
+        refs = references_from_annotations(args.annotations)
+        if refs is None:
+            raise SubmissionError(f"{args.annotations}: no reference captions (a test split?); nothing to score")
+        validate_submission(sub, refs.keys(), path=args.score)
+        metrics = score_captions(sub, refs)
+    except (SubmissionError, MetricsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.out:
+        write_json(metrics, args.out)
+    print(json.dumps(metrics, indent=1))
+    return 0
+
+
+def model_main(args: argparse.Namespace) -> int:
+    from llmva_gebc import dist
+    from llmva_gebc.config import check_resolved, load_config
+    from llmva_gebc.engine.evaluator import run_evaluation
+
+    cfg = load_config(args.cfg_path, args.options)
+    check_resolved(cfg)
+    try:
+        metrics = run_evaluation(cfg, ckpt=args.ckpt, split=args.split, report=args.report or None,
+                                 progress=not args.no_progress)
+        if metrics is not None:
+            print(json.dumps(metrics, indent=1))
+    finally:
+        dist.destroy()
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--score", metavar="SUBMISSION", help="score a .json/.pkl submission (needs --annotations)")
+    p.add_argument("--annotations", help="annotation JSON with reference captions (score mode)")
+    p.add_argument("--out", help="also write the metrics JSON here (score mode)")
+    p.add_argument("--cfg-path", help="YAML config (model mode)")
+    p.add_argument("--options", "--cfg-options", dest="options", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override config keys (model mode)")
+    p.add_argument("--ckpt", help="trainable weights to load (dir or .safetensors/.pth)")
+    p.add_argument("--split", default="val", help="split to evaluate (default: val)")
+    p.add_argument("--report", action="store_true", help="also write report.html")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.score:
+        if args.cfg_path or not args.annotations:
+            p.error("--score needs --annotations and no --cfg-path")
+        return score_main(args)
+    if not args.cfg_path:
+        p.error("give --cfg-path (evaluate a model) or --score SUBMISSION --annotations FILE")
+    return model_main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
