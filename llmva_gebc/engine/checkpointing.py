@@ -1,0 +1,173 @@
+"""Training checkpoints: a directory with ``model.safetensors`` + ``trainer_state.pt``, written atomically.
+
+Layout of ``<run_dir>/checkpoint_last/`` (and ``checkpoint_best/``):
+
+* ``model.safetensors`` — the trainable weights only (``model.trainable_state_dict()`` keys);
+* ``trainer_state.pt`` — a dict of tensors and plain containers, loadable with
+  ``torch.load(weights_only=True)``: optimizer, scheduler (``{"step": s}``), grad scaler, ``epoch``,
+  ``global_step``, ``batch_in_epoch`` (micro-batches of ``epoch`` already consumed), best metric,
+  skipped-step count, world size, and the python/numpy/torch/CUDA RNG states of every rank.
+
+Atomic replacement of a directory ``T`` (a kill at any instant leaves a loadable checkpoint):
+
+1. write everything into ``T.tmp-<pid>/`` (fsynced);
+2. if ``T`` exists: drop a stale ``T.old`` and rename ``T`` → ``T.old``;
+3. rename ``T.tmp-<pid>`` → ``T``;
+4. delete ``T.old``.
+
+Between 2 and 3 only ``T.old`` exists; :func:`resolve_checkpoint` then returns it. Leftover
+``*.tmp-*`` directories are never read.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "trainer_state.pt"
+
+
+# ------------------------------------------------------------------------------------ RNG states
+def get_rng_state() -> Dict[str, Any]:
+    """This process's RNG states as tensors / primitive containers (``weights_only``-safe)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: Dict[str, Any] = {
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64),
+                   "gauss": gauss},
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
+    npst = state["numpy"]
+    np.random.set_state((npst["kind"], npst["keys"].numpy().astype(np.uint32), npst["pos"],
+                         npst["has_gauss"], npst["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------------------ writing
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def save_weights(state_dict: Dict[str, torch.Tensor], path: Path) -> None:
+    """Trainable weights as safetensors (contiguous CPU copies; shared storage is split)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}, str(path),
+              metadata={"format": "pt", "content": "llmva_gebc trainable weights"})
+
+
+def load_weights(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def atomic_write_dir(target: str | os.PathLike, write_fn) -> Path:
+    """Call ``write_fn(tmp_dir)`` to fill a fresh directory, then swap it in as ``target`` (see module doc)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    old = target.with_name(f"{target.name}.old")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        write_fn(tmp)
+        for f in tmp.iterdir():
+            _fsync_file(f)
+        _fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        if old.exists():  # a finished earlier swap left it; target is the good copy
+            shutil.rmtree(old)
+        os.replace(target, old)
+    # if target is missing but old exists (crash mid-swap earlier), old stays until the new one is in place
+    os.replace(tmp, target)
+    _fsync_dir(target.parent)
+    if old.exists():
+        shutil.rmtree(old)
+    return target
+
+
+def save_checkpoint(target: str | os.PathLike, weights: Dict[str, torch.Tensor], state: Dict[str, Any]) -> Path:
+    """Write ``model.safetensors`` + ``trainer_state.pt`` atomically into ``target`` (rank 0 only)."""
+
+    def write(d: Path) -> None:
+        save_weights(weights, d / MODEL_FILE)
+        torch.save(state, d / STATE_FILE)
+
+    return atomic_write_dir(target, write)
+
+
+# ------------------------------------------------------------------------------------ reading
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """The complete checkpoint directory for ``path``: ``path`` itself, or ``path.old`` left by a
+    write that was interrupted between its two renames. Raises FileNotFoundError naming both."""
+    path = Path(path)
+    if (path / STATE_FILE).is_file() and (path / MODEL_FILE).is_file():
+        return path
+    old = path.with_name(path.name + ".old")
+    if (old / STATE_FILE).is_file() and (old / MODEL_FILE).is_file():
+        return old
+    raise FileNotFoundError(
+        f"no checkpoint at {path} (expected {MODEL_FILE} and {STATE_FILE} there or in {old})")
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """``(weights, trainer_state, resolved_dir)``; the state is read with ``weights_only=True``."""
+    d = resolve_checkpoint(path)
+    weights = load_weights(d / MODEL_FILE)
+    state = torch.load(d / STATE_FILE, map_location=map_location, weights_only=True)
+    return weights, state, d
+
+
+def find_resume_dir(path: Optional[str | os.PathLike]) -> Optional[Path]:
+    """Accept a checkpoint dir or a run dir (then its ``checkpoint_last``)."""
+    if path is None:
+        return None
+    p = Path(path)
+    for cand in (p, p / "checkpoint_last"):
+        try:
+            return resolve_checkpoint(cand)
+        except FileNotFoundError:
+            continue
+    raise FileNotFoundError(f"run.resume={path}: no checkpoint there (nor in {p / 'checkpoint_last'})")
+
+
+__all__ = ["MODEL_FILE", "STATE_FILE", "get_rng_state", "set_rng_state", "save_weights", "load_weights",
+           "atomic_write_dir", "save_checkpoint", "resolve_checkpoint", "load_checkpoint",
+           "find_resume_dir"]

@@ -1,0 +1,605 @@
+"""The training runner behind ``train.py`` (registered as ``RUNNERS["runner_base"]``).
+
+``train(cfg) -> run_dir`` runs the whole recipe: seeds (``run.seed + rank``), model, datasets, a
+deterministic resumable loader, DDP or FSDP2 wrapping, AdamW + LR schedule by global step, gradient
+accumulation, optional clipping, AMP, validation each epoch (generate + score when the evaluator is
+available, otherwise the loss), ``checkpoint_best/`` + ``checkpoint_last/``, and test predictions
+from the best checkpoint at the end.
+
+Run directory ``<run.output_dir>/<run.run_name>/``: ``config.yaml`` (resolved), ``env.json``
+(package versions, git commit), ``metrics.jsonl`` (one JSON object per log step, per validation and
+per epoch), ``checkpoint_last/``, ``checkpoint_best/``, ``tensorboard/`` (``run.tensorboard``),
+``submission_<split>.json`` (test predictions).
+
+Exact resume: the sampler's epoch order is a pure function of (seed, epoch); per-sample randomness
+is seeded by (seed, epoch, index) (:class:`~llmva_gebc.dist.SeededDataset`); the loader never draws
+from the global RNG; the checkpoint stores the micro-batch position inside the epoch and every
+rank's RNG states. Resuming skips the consumed batches in the sampler (no data is loaded for them)
+and restores the RNGs, so the loss sequence and weights match an uninterrupted run.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import logging
+import math
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from llmva_gebc import dist
+from llmva_gebc.config import check_resolved, save_config
+from llmva_gebc.engine import checkpointing as ckpt
+from llmva_gebc.engine.optim import build_optimizer, build_scheduler, schedule_kwargs
+from llmva_gebc.registry import DATASETS, RUNNERS
+
+log = logging.getLogger("llmva_gebc.train")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A NaN/inf training loss with ``run.nan_policy=stop``."""
+
+
+# ------------------------------------------------------------------------------------ helpers
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("run.device=cuda but CUDA is not available")
+        return torch.device("cuda", local_rank)
+    if name != "cpu":
+        raise ValueError(f"run.device must be auto, cpu or cuda, got {name!r}")
+    return torch.device("cpu")
+
+
+def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype (None = no autocast). fp16 on CPU falls back to bf16 with a warning."""
+    if amp == "none":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        if device.type == "cpu":
+            log.warning("run.amp=fp16 is not useful on CPU; using bf16 autocast instead (set run.amp=none for fp32)")
+            return torch.bfloat16
+        return torch.float16
+    raise ValueError(f"run.amp must be none, bf16 or fp16, got {amp!r}")
+
+
+def env_info() -> Dict[str, Any]:
+    """Versions of the main packages and the git commit of this checkout (if it is one)."""
+    import importlib.metadata as md
+
+    info: Dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("torch", "transformers", "peft", "numpy", "omegaconf", "safetensors", "llmva-gebc"):
+        try:
+            info[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            info[pkg] = None
+    info["cuda"] = torch.version.cuda
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10)
+        info["git_commit"] = commit.stdout.strip() if commit.returncode == 0 else None
+        info["git_dirty"] = bool(dirty.stdout.strip()) if dirty.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        info["git_commit"], info["git_dirty"] = None, None
+    return info
+
+
+def _call_builder(builder: Callable, ds_cfg, split: str, training: bool, extra: Dict[str, Any]):
+    """Pass the optional model-derived checks only to builders that accept them."""
+    params = inspect.signature(builder).parameters
+    kw = {k: v for k, v in extra.items() if k in params}
+    return builder(ds_cfg, split, training=training, **kw)
+
+
+def build_split(cfg: DictConfig, split: str, training: bool, required: bool):
+    """The ``split`` datasets of every ``cfg.datasets`` entry (concatenated); None when there are none."""
+    from llmva_gebc.config import as_plain
+
+    parts = []
+    for name, ds_cfg in cfg.datasets.items():
+        anns = ds_cfg.annotations
+        if anns and split not in anns:
+            if required:
+                raise ValueError(f"datasets.{name}.annotations has no '{split}' split (run.train_splits)")
+            continue
+        extra = {"name": name, "expected_hidden": cfg.model.adapter.hidden_size,
+                 "expected_queries": cfg.model.encoder.num_query_tokens,
+                 "expected_other_feats": as_plain(cfg.model.adapter.other_feats)}
+        parts.append(_call_builder(DATASETS.get(ds_cfg.builder), ds_cfg, split, training, extra))
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
+
+
+def _default_collate():
+    from llmva_gebc.data.collate import collate_gebc
+
+    return collate_gebc
+
+
+def _evaluator():
+    """(generate_predictions, score_captions, submission module) when the eval code is installed."""
+    try:
+        from llmva_gebc.engine.evaluator import generate_predictions
+        from llmva_gebc.eval import submission
+        from llmva_gebc.eval.metrics import score_captions
+    except ImportError:
+        return None
+    return generate_predictions, score_captions, submission
+
+
+def agg_metric(metrics: Dict[str, Any], key: str) -> float:
+    """``agg_metrics`` = CIDEr + ROUGE_L (+ SPICE when computed), as the original sums its metrics;
+    any other key is read from the metrics dict."""
+    if key == "agg_metrics":
+        return float(sum(metrics[k] for k in ("CIDEr", "ROUGE_L", "SPICE") if metrics.get(k) is not None))
+    if metrics.get(key) is None:
+        raise KeyError(f"run.best_metric={key!r} is not among the validation metrics {sorted(metrics)}")
+    return float(metrics[key])
+
+
+def _to_device(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def _boundary_ids(batch: Dict[str, Any]) -> List[str]:
+    ids = batch.get("boundary_id") or []
+    types = batch.get("type") or [None] * len(ids)
+    return [f"{b}/{t}" if t else str(b) for b, t in zip(ids, types)]
+
+
+class _EvalShard(torch.utils.data.Sampler):
+    """Rank ``r``'s batches of ``range(n)`` (``r::world``), padded with weight-0 repeats so every rank
+    runs the same number of batches (FSDP needs lockstep forwards). Yields lists of indices."""
+
+    def __init__(self, n: int, batch_size: int, rank: int, world: int) -> None:
+        mine = list(range(rank, n, world))
+        self.batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+        n_max = -(-(-(-n // world)) // batch_size)
+        self.real = [len(b) for b in self.batches] + [0] * (n_max - len(self.batches))
+        while len(self.batches) < n_max:
+            self.batches.append([0])
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+# ------------------------------------------------------------------------------------ the runner
+@RUNNERS.register("runner_base")
+class Runner:
+    """One training run. ``model``/``datasets``/``collate_fn`` may be injected (tests); otherwise
+    they come from ``build_model(cfg.model)``, the ``DATASETS`` registry and ``collate_gebc``."""
+
+    def __init__(self, cfg: DictConfig, *, model: Optional[torch.nn.Module] = None,
+                 datasets: Optional[Dict[str, Any]] = None, collate_fn: Optional[Callable] = None) -> None:
+        self.cfg = cfg
+        self.run = cfg.run
+        self._model = model
+        self._datasets = datasets
+        self.collate_fn = collate_fn
+
+    # -------------------------------------------------------------- setup
+    def _setup(self) -> None:
+        run = self.run
+        self.rank, self.local_rank, self.world = dist.init_distributed(run.distributed.backend)
+        self.device = resolve_device(run.device, self.local_rank)
+        self.amp_dtype = resolve_amp(run.amp, self.device)
+        if run.nan_policy not in ("stop", "skip"):
+            raise ValueError(f"run.nan_policy must be stop or skip, got {run.nan_policy!r}")
+        if run.accum_grad_iters < 1:
+            raise ValueError(f"run.accum_grad_iters must be >= 1, got {run.accum_grad_iters}")
+        self.run_dir = Path(run.output_dir) / run.run_name
+        self.main = dist.is_main_process()
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.run_dir / "config.yaml")
+            (self.run_dir / "env.json").write_text(json.dumps(env_info(), indent=1) + "\n")
+        dist.barrier()
+        self.tb = None
+        if run.tensorboard and self.main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise RuntimeError("run.tensorboard=true needs the tensorboard package: "
+                                   "pip install 'llmva-gebc[tensorboard]' (or set run.tensorboard=false)") from e
+            self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+
+        # Model: identical initial weights on every rank (seed without rank), then per-rank seeds.
+        seed_everything(run.seed)
+        if self._model is None:
+            from llmva_gebc.models import build_model
+
+            self._model = build_model(self.cfg.model)
+        model = self._model.to(self.device)
+        for name, p in model.trainable_parameters():
+            if p.dtype != torch.float32:
+                raise TypeError(f"trainable parameter {name} is {p.dtype}; trainable weights must stay fp32")
+        self.resume_state: Optional[Dict[str, Any]] = None
+        resume_dir = ckpt.find_resume_dir(run.resume)
+        if resume_dir is not None:
+            weights, self.resume_state, d = ckpt.load_checkpoint(resume_dir)
+            model.load_trainable_state_dict(weights, strict=True)
+            log.info("resuming from %s (epoch %d, global step %d)", d, self.resume_state["epoch"],
+                     self.resume_state["global_step"])
+        seed_everything(run.seed + self.rank)
+
+        # Data.
+        if self._datasets is None:
+            self._datasets = {
+                "train": build_split(self.cfg, run.train_splits[0], True, True) if len(run.train_splits) == 1
+                else torch.utils.data.ConcatDataset([build_split(self.cfg, s, True, True) for s in run.train_splits]),
+                "val": build_split(self.cfg, run.valid_splits[0], False, False) if run.valid_splits else None,
+                "test": build_split(self.cfg, run.test_splits[0], False, False) if run.test_splits else None,
+            }
+        if self.collate_fn is None:
+            self.collate_fn = _default_collate()
+        train_ds = self._datasets["train"]
+        self.sampler = dist.EpochBatchSampler(len(train_ds), run.batch_size_train, self.rank, self.world,
+                                              seed=run.seed, shuffle=True)
+        self.loader = torch.utils.data.DataLoader(
+            dist.SeededDataset(train_ds), batch_sampler=self.sampler, collate_fn=self.collate_fn,
+            num_workers=run.num_workers, pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(run.seed),  # never touch the global RNG
+            persistent_workers=False)
+
+        # Wrapping, optimiser, schedule.
+        self.model = dist.wrap_model(model, run.distributed.strategy, self.device)
+        inner = dist.unwrap(self.model)
+        self.optimizer = build_optimizer(inner.trainable_parameters(), run.init_lr, run.weight_decay, run.betas)
+        self.batches_per_epoch = self.sampler.batches_per_epoch
+        self.steps_per_epoch = -(-self.batches_per_epoch // run.accum_grad_iters)
+        self.total_steps = run.max_steps if run.max_steps is not None else run.max_epoch * self.steps_per_epoch
+        self.scheduler = build_scheduler(run.lr_sched, self.optimizer, total_steps=self.total_steps,
+                                         steps_per_epoch=self.steps_per_epoch, **schedule_kwargs(run))
+        use_scaler = self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+
+        # Counters.
+        self.epoch, self.batch_in_epoch, self.global_step = 0, 0, 0
+        self.best_value: Optional[float] = None
+        self.best_epoch: Optional[int] = None
+        self.skipped_steps = 0
+        self.higher_is_better = True
+
+    def _restore(self) -> None:
+        st = self.resume_state
+        if st is None:
+            return
+        dist.load_optimizer_state_dict(self.model, self.optimizer, st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        if st.get("scaler"):
+            self.scaler.load_state_dict(st["scaler"])
+        self.epoch, self.batch_in_epoch = int(st["epoch"]), int(st["batch_in_epoch"])
+        self.global_step, self.skipped_steps = int(st["global_step"]), int(st["skipped_steps"])
+        self.best_value = st.get("best_value")
+        self.best_epoch = st.get("best_epoch")
+        rng = st["rng"]
+        if int(st["world_size"]) == self.world:
+            ckpt.set_rng_state(rng[self.rank])
+        else:
+            log.warning("resuming with %d processes from a %d-process checkpoint: RNG streams re-seeded, "
+                        "the run will not be bit-identical", self.world, int(st["world_size"]))
+        if self.main:
+            self._truncate_metrics(self.global_step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop log lines past the resumed step (written by the interrupted run after its checkpoint)."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(k + "\n" for k in keep))
+        os.replace(tmp, path)
+
+    # -------------------------------------------------------------- logging
+    def _log(self, record: Dict[str, Any]) -> None:
+        if not self.main:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            kind = record.get("type", "train")
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step", "epoch"):
+                    self.tb.add_scalar(f"{kind}/{k}", v, record.get("step", 0))
+
+    # -------------------------------------------------------------- checkpoints
+    def _state(self) -> Dict[str, Any]:
+        """Collective (RNG gather; FSDP optimizer gather): every rank calls it."""
+        return {
+            "optimizer": dist.optimizer_state_dict(self.model, self.optimizer),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "global_step": self.global_step,
+            "best_value": self.best_value, "best_epoch": self.best_epoch, "skipped_steps": self.skipped_steps,
+            "world_size": self.world, "rng": dist.all_gather_object(ckpt.get_rng_state()),
+        }
+
+    def _save(self, name: str, state: Optional[Dict[str, Any]] = None) -> None:
+        weights = dist.full_trainable_state_dict(self.model)
+        state = state if state is not None else self._state()
+        if self.main:
+            ckpt.save_checkpoint(self.run_dir / name, weights, state)
+        dist.barrier()
+
+    # -------------------------------------------------------------- one training step
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _check_finite(self, loss: torch.Tensor, batch: Dict[str, Any], b_idx: int) -> bool:
+        """True when every rank's loss is finite; with ``nan_policy=stop`` raise otherwise."""
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if not dist.any_true(not finite):
+            return True
+        reports = dist.all_gather_object(None if finite else (float(loss.detach()), _boundary_ids(batch)))
+        where = "; ".join(f"rank {r}: loss={rep[0]} boundary ids {rep[1]}" for r, rep in enumerate(reports) if rep)
+        msg = (f"non-finite training loss at global step {self.global_step} (epoch {self.epoch}, batch "
+               f"{b_idx} of the epoch): {where}")
+        if self.run.nan_policy == "stop":
+            raise NonFiniteLossError(msg + ". Set run.nan_policy=skip to skip such steps.")
+        if self.main:
+            log.warning("%s; skipping this optimizer step", msg)
+        return False
+
+    def _train_epoch(self, bar) -> bool:
+        """Returns True when run.max_steps was reached."""
+        run, accum = self.run, self.run.accum_grad_iters
+        self.model.train()
+        self.sampler.set_epoch(self.epoch, start_batch=self.batch_in_epoch)
+        window_losses: List[float] = []
+        window_ok = True
+        t_last, samples_since = time.perf_counter(), 0
+        for b_idx, batch in enumerate(self.loader, start=self.batch_in_epoch):
+            last_micro = (b_idx + 1) % accum == 0 or b_idx + 1 == self.batches_per_epoch
+            batch = _to_device(batch, self.device)
+            with dist.no_grad_sync(self.model, enabled=not last_micro):
+                with self._autocast():
+                    loss = self.model(batch)["loss"]  # scalar
+                ok = self._check_finite(loss, batch, b_idx)
+                window_ok = window_ok and ok
+                # a skipped micro-batch still runs backward (x0) so DDP/FSDP collectives stay in step
+                scaled = loss / accum if ok else loss.nan_to_num(0.0, 0.0, 0.0) * 0.0
+                self.scaler.scale(scaled).backward()
+            window_losses.append(float(loss.detach()) if ok else float("nan"))
+            samples_since += len(batch.get("boundary_id") or []) or run.batch_size_train
+            self.batch_in_epoch = b_idx + 1
+            if not last_micro:
+                continue
+
+            if not window_ok:
+                self.optimizer.zero_grad(set_to_none=True)
+                self.skipped_steps += 1
+                self._log({"type": "skipped", "step": self.global_step, "epoch": self.epoch, "batch": b_idx})
+            else:
+                lr = self.scheduler.step(self.global_step, self.epoch)
+                if run.grad_clip is not None:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_([p for _, p in dist.unwrap(self.model).trainable_parameters()],
+                                                   run.grad_clip)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.global_step += 1
+                step_loss = float(np.mean(window_losses))
+                self._epoch_loss_sum += step_loss
+                self._epoch_steps += 1
+                if self.global_step % run.log_every == 0 or self.global_step == self.total_steps:
+                    mean_loss = float(dist.all_reduce_mean(torch.tensor(step_loss, dtype=torch.float64)))
+                    now = time.perf_counter()
+                    sps = samples_since * self.world / max(now - t_last, 1e-9)
+                    t_last, samples_since = now, 0
+                    self._log({"type": "train", "step": self.global_step, "epoch": self.epoch, "loss": mean_loss,
+                               "lr": lr, "samples_per_s": sps})
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", sps=f"{sps:.1f}")
+                if bar is not None:
+                    bar.update(1)
+            stepped, window_losses, window_ok = window_ok, [], True
+            if stepped and run.save_every_steps and self.global_step % run.save_every_steps == 0 \
+                    and self.batch_in_epoch < self.batches_per_epoch:  # epoch ends save in train()
+                self._save("checkpoint_last")
+            if run.max_steps is not None and self.global_step >= run.max_steps:
+                return True
+        return False
+
+    # -------------------------------------------------------------- validation / prediction
+    @torch.no_grad()
+    def _val_loss(self, dataset) -> float:
+        self.model.eval()
+        shard = _EvalShard(len(dataset), self.run.batch_size_eval, self.rank, self.world)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=shard, collate_fn=self.collate_fn,
+                                             num_workers=self.run.num_workers)
+        fwd = self.model if dist.is_fsdp(self.model) else dist.unwrap(self.model)
+        total = torch.zeros(2, dtype=torch.float64)
+        for real, batch in zip(shard.real, loader):
+            with self._autocast():
+                loss = fwd(_to_device(batch, self.device))["loss"]
+            total += torch.tensor([float(loss) * real, real], dtype=torch.float64)
+        total = dist.all_reduce_sum(total)
+        return float(total[0] / max(total[1], 1))
+
+    @torch.no_grad()
+    def _predict(self, dataset, desc: str) -> List[Dict[str, Any]]:
+        """Prediction records of ``dataset`` on every rank. DDP: each rank generates its share and the
+        records are gathered; FSDP: every rank generates everything in lockstep (sharded weights)."""
+        generate_predictions = _evaluator()[0]
+        self.model.eval()
+        if dist.is_fsdp(self.model) or self.world == 1:
+            return list(generate_predictions(self.model, dataset, self.run.batch_size_eval, self.collate_fn,
+                                             self.main))
+        part = torch.utils.data.Subset(dataset, list(range(self.rank, len(dataset), self.world)))
+        mine = list(generate_predictions(dist.unwrap(self.model), part, self.run.batch_size_eval,
+                                         self.collate_fn, self.main))
+        return [r for rs in dist.all_gather_object(mine) for r in rs]
+
+    def _validate(self) -> Dict[str, Any]:
+        ds = self._datasets.get("val")
+        if ds is None or not self.run.evaluate_each_epoch:
+            return {}
+        if self.run.max_eval_samples is not None and self.run.max_eval_samples < len(ds):
+            ds = torch.utils.data.Subset(ds, list(range(self.run.max_eval_samples)))
+        out: Dict[str, Any] = {"val_loss": self._val_loss(ds)}
+        ev = _evaluator()
+        refs = _references(ds) if ev is not None else None
+        if ev is not None and refs:
+            _, score_captions, submission = ev
+            records = self._predict(ds, "val")
+            metrics = None
+            if self.main:
+                sub = submission.build_submission(records, list(refs))
+                metrics = score_captions(sub, refs, spice="auto")
+                submission.write_json(sub, self.run_dir / f"val_predictions_epoch{self.epoch}.json")
+            out.update(dist.broadcast_object(metrics))
+            out["agg_metrics"] = agg_metric(out, "agg_metrics")
+        return out
+
+    def _is_better(self, val: Dict[str, Any]) -> Optional[float]:
+        key = self.run.best_metric
+        if not val:
+            return None
+        if key == "val_loss" or "agg_metrics" not in val:  # no evaluator installed: loss only
+            value, higher = val["val_loss"], False
+        else:
+            value, higher = agg_metric(val, key), True
+        self.higher_is_better = higher
+        if self.best_value is None or (value > self.best_value if higher else value < self.best_value):
+            return value
+        return None
+
+    def _predict_test(self) -> Optional[Path]:
+        ds = self._datasets.get("test")
+        ev = _evaluator()
+        if ds is None or ev is None:
+            if ds is not None and self.main:
+                log.warning("no evaluator installed (llmva_gebc.engine.evaluator): test predictions skipped")
+            return None
+        best = self.run_dir / "checkpoint_best"
+        try:
+            weights, _, d = ckpt.load_checkpoint(best)
+            dist.load_full_trainable_state_dict(self.model, weights)
+            log.info("test predictions from %s", d)
+        except FileNotFoundError:
+            log.warning("no checkpoint_best/: predicting the test split with the final weights")
+        records = self._predict(ds, "test")
+        path = None
+        if self.main:
+            ids = _all_boundary_ids(ds) or sorted({r["boundary_id"] for r in records})
+            sub = ev[2].build_submission(records, ids)
+            split = self.run.test_splits[0]
+            path, _ = ev[2].write_submission(sub, self.run_dir, split)
+        dist.barrier()
+        return path
+
+    # -------------------------------------------------------------- main loop
+    def train(self) -> Path:
+        self._setup()
+        self._restore()
+        run = self.run
+        bar = None
+        if self.main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self.global_step, desc="train", dynamic_ncols=True,
+                       disable=None)
+            log.info("run dir %s: %d processes, %d batches/epoch, %d steps/epoch, %d steps total",
+                     self.run_dir, self.world, self.batches_per_epoch, self.steps_per_epoch, self.total_steps)
+        t0 = time.perf_counter()
+        step0 = self.global_step
+        done = self.global_step >= self.total_steps
+        while not done and self.epoch < run.max_epoch:
+            self._epoch_loss_sum, self._epoch_steps = 0.0, 0
+            done = self._train_epoch(bar)
+            epoch_complete = self.batch_in_epoch >= self.batches_per_epoch
+            val = self._validate()
+            better = self._is_better(val)
+            record = {"type": "epoch", "step": self.global_step, "epoch": self.epoch,
+                      "train_loss": self._epoch_loss_sum / max(self._epoch_steps, 1), **val}
+            if better is not None:
+                self.best_value, self.best_epoch = better, self.epoch
+            record.update(best_metric=run.best_metric if self.higher_is_better else "val_loss",
+                          best_value=self.best_value, best_epoch=self.best_epoch)
+            self._log(record)
+            if self.main:
+                log.info("epoch %d: %s", self.epoch, {k: v for k, v in record.items() if k != "type"})
+            if epoch_complete:
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            state = self._state()
+            if better is not None or not val:
+                self._save("checkpoint_best", state)
+            self._save("checkpoint_last", state)
+            done = done or self.global_step >= self.total_steps
+        if bar is not None:
+            bar.close()
+        elapsed = time.perf_counter() - t0
+        steps = self.global_step - step0
+        summary = {"type": "summary", "step": self.global_step, "epoch": self.epoch, "steps": steps,
+                   "seconds": elapsed, "steps_per_s": steps / max(elapsed, 1e-9),
+                   "samples_per_s": steps * run.batch_size_train * run.accum_grad_iters * self.world / max(elapsed, 1e-9),
+                   "skipped_steps": self.skipped_steps, "world_size": self.world}
+        if self.skipped_steps and self.main:
+            log.warning("%d optimizer steps were skipped for non-finite losses", self.skipped_steps)
+        path = self._predict_test()
+        if path is not None:
+            summary["test_submission"] = str(path)
+        self._log(summary)
+        if self.tb is not None:
+            self.tb.close()
+        return self.run_dir
+
+
+def _references(ds) -> Optional[Dict[str, Dict[str, str]]]:
+    """Reference captions of a GEBC dataset (``.boundaries``), else None."""
+    from llmva_gebc.eval.submission import references_from_boundaries
+
+    base = ds.dataset if isinstance(ds, torch.utils.data.Subset) else ds
+    bounds = getattr(base, "boundaries", None)
+    if bounds is None:
+        return None
+    if isinstance(ds, torch.utils.data.Subset):
+        keep = {base.samples[i][0] for i in ds.indices}
+        bounds = [b for j, b in enumerate(bounds) if j in keep]
+    return references_from_boundaries(bounds)
+
+
+def _all_boundary_ids(ds) -> Optional[List[str]]:
+    bounds = getattr(ds, "boundaries", None)
+    return [b["boundary_id"] for b in bounds] if bounds is not None else None
+
+
+def train(cfg: DictConfig, **inject: Any) -> Path:
+    """Run ``RUNNERS[cfg.run.runner]`` on ``cfg``; returns the run directory."""
+    check_resolved(cfg)
+    runner = RUNNERS.get(cfg.run.runner)(cfg, **inject)
+    return runner.train()
+
+
+__all__ = ["Runner", "train", "NonFiniteLossError", "agg_metric", "env_info", "resolve_amp", "seed_everything"]
