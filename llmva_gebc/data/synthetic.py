@@ -311,7 +311,8 @@ def generate(out: str | os.PathLike, num_videos: int = 240, seed: int = 0, size:
     if workers > 1:
         import multiprocessing as mp
 
-        with mp.get_context("spawn").Pool(workers) as pool:
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"  # fork: no re-import
+        with mp.get_context(method).Pool(workers) as pool:
             results = pool.map(_work, jobs, chunksize=8)
     else:
         results = [_work(j) for j in jobs]
