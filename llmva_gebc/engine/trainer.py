@@ -455,11 +455,9 @@ class Runner:
         self.model.eval()
         if dist.is_fsdp(self.model) or self.world == 1:
             return list(generate_predictions(self.model, dataset, self.run.batch_size_eval, self.collate_fn,
-                                             self.main))
-        part = torch.utils.data.Subset(dataset, list(range(self.rank, len(dataset), self.world)))
-        mine = list(generate_predictions(dist.unwrap(self.model), part, self.run.batch_size_eval,
-                                         self.collate_fn, self.main))
-        return [r for rs in dist.all_gather_object(mine) for r in rs]
+                                             self.main, desc=desc))
+        return list(generate_predictions(dist.unwrap(self.model), dataset, self.run.batch_size_eval,
+                                         self.collate_fn, self.main, distributed=True, desc=desc))
 
     def _validate(self) -> Dict[str, Any]:
         ds = self._datasets.get("val")
