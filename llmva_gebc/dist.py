@@ -223,6 +223,16 @@ def no_grad_sync(model: nn.Module, enabled: bool = True) -> Iterator[None]:
         yield
 
 
+def reshard(model: nn.Module) -> None:
+    """Register the sharded parameters again everywhere (FSDP2 keeps the root unsharded after a
+    forward); state-dict code must see the same parameter objects as the optimizer."""
+    if not is_fsdp(model):
+        return
+    for m in model.modules():
+        if is_fsdp(m):
+            m.reshard()
+
+
 def _full(t: torch.Tensor) -> torch.Tensor:
     from torch.distributed.tensor import DTensor
 
@@ -233,6 +243,7 @@ def _full(t: torch.Tensor) -> torch.Tensor:
 
 def full_trainable_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
     """The unsharded trainable weights on CPU (a collective under FSDP: every rank must call it)."""
+    reshard(model)
     inner = unwrap(model)
     return {k: _full(v.detach()).cpu().clone() for k, v in inner.trainable_state_dict().items()}
 
@@ -242,6 +253,7 @@ def load_full_trainable_state_dict(model: nn.Module, sd: Dict[str, torch.Tensor]
     """Load unsharded trainable weights into a (possibly FSDP-sharded) model; every rank calls it."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
+    reshard(model)
     inner = unwrap(model)
     if not any(isinstance(p, DTensor) for _, p in inner.trainable_parameters()):
         inner.load_trainable_state_dict(sd, strict=True)
@@ -268,6 +280,7 @@ def optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
     if is_fsdp(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
+        reshard(model)
         return {"fsdp_full": get_optimizer_state_dict(
             model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=False))}
     return optimizer.state_dict()
@@ -279,6 +292,7 @@ def load_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer
             raise ValueError("this optimizer state was saved by an FSDP run; resume with run.distributed.strategy=fsdp")
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+        reshard(model)
         set_optimizer_state_dict(model, optimizer, optim_state_dict=state["fsdp_full"],
                                  options=StateDictOptions(full_state_dict=True))
         return
@@ -377,7 +391,7 @@ class SeededDataset(torch.utils.data.Dataset):
 __all__ = [
     "init_distributed", "destroy", "is_initialized", "get_rank", "get_local_rank", "get_world_size",
     "is_main_process", "barrier", "all_gather_object", "broadcast_object", "all_reduce_mean",
-    "all_reduce_sum", "any_true", "wrap_model", "unwrap", "is_fsdp", "no_grad_sync",
+    "all_reduce_sum", "any_true", "wrap_model", "unwrap", "is_fsdp", "reshard", "no_grad_sync",
     "full_trainable_state_dict", "load_full_trainable_state_dict", "optimizer_state_dict",
     "load_optimizer_state_dict", "EpochBatchSampler", "SeededDataset", "sample_seed", "STRATEGIES",
 ]

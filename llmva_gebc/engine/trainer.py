@@ -537,7 +537,8 @@ class Runner:
             self._epoch_loss_sum, self._epoch_steps = 0.0, 0
             done = self._train_epoch(bar)
             epoch_complete = self.batch_in_epoch >= self.batches_per_epoch
-            val = self._validate()
+            with _rng_preserved(self.device):  # validation must not shift the training RNG streams
+                val = self._validate()
             better = self._is_better(val)
             record = {"type": "epoch", "step": self.global_step, "epoch": self.epoch,
                       "train_loss": self._epoch_loss_sum / max(self._epoch_steps, 1), **val}
@@ -572,6 +573,19 @@ class Runner:
         if self.tb is not None:
             self.tb.close()
         return self.run_dir
+
+
+@contextlib.contextmanager
+def _rng_preserved(device: torch.device):
+    """Restore the python/numpy/torch(/CUDA) RNG states on exit (loaders and generation draw from them)."""
+    py, npst = random.getstate(), np.random.get_state()
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npst)
 
 
 def _references(ds) -> Optional[Dict[str, Dict[str, str]]]:
