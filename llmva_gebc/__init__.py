@@ -15,3 +15,13 @@ from llmva_gebc.engine import trainer as _engine_trainer  # noqa: F401  (runner_
 from llmva_gebc.models import llmva_gebc as _models_llmva_gebc  # noqa: F401
 
 __version__ = "0.1.0"
+
+
+def load(cfg_path, ckpt=None, options=None, device=None, **kwargs):
+    """``llmva_gebc.load(cfg_path, ckpt=None, options=None, device=None) -> Captioner``.
+
+    See :func:`llmva_gebc.api.load`; imported lazily so that ``import llmva_gebc`` stays light.
+    """
+    from llmva_gebc.api import load as _load
+
+    return _load(cfg_path, ckpt=ckpt, options=options, device=device, **kwargs)

@@ -1,0 +1,391 @@
+"""The Python API: load a trained captioner once, caption boundaries of any video.
+
+    import llmva_gebc
+    model = llmva_gebc.load("train_configs/tiny.yaml", ckpt="output/tiny/checkpoint_best")
+    model.caption("clip.mp4", [2.4, 6.1], labels=["Change of Action", "Change of Color"])
+    # -> [{"boundary_id": "clip_0", "boundary": 2.4, "label": "Change of Action",
+    #      "prev_timestamp": 0.0, "next_timestamp": 6.1, "duration": 10.0,
+    #      "subject": "...", "status_before": "...", "status_after": "..."}, ...]
+
+``python -m llmva_gebc.caption`` is a thin CLI over this module.
+
+What a caption is computed from, and why it equals the evaluator's caption of the same boundary:
+
+* **features**: T image Q-Former tokens per video (T = ``datasets.<name>.vis_processor.num_frames``,
+  uniform over the whole clip). If the extraction cache (``features_dir``, by default the config's
+  ``datasets.<name>.features_dir``) holds ``<video_id>.npy`` (video id = file stem), it is used as
+  is, exactly as the evaluation dataset reads it. Otherwise the video is decoded with
+  :func:`~llmva_gebc.data.video.read_frames` + the config's processor and encoded with
+  :func:`~llmva_gebc.models.encoder.build_encoder` — the same steps as ``python -m llmva_gebc.extract``.
+* **prompt**: :func:`~llmva_gebc.data.gebc.build_prompt` (label, caption type).
+* **reference points**: :func:`~llmva_gebc.data.gebc.reference_points` from (timestamp,
+  prev_timestamp, next_timestamp, duration). Annotation entries carry prev/next; for bare timestamps
+  prev/next are the neighbouring boundaries (sorted by time), with 0 before the first and the clip's
+  duration after the last, which is how the GEBC annotation defines them.
+* **duration**: given explicitly, else the dataset's ``video_info`` when it lists the video id (what
+  the evaluator uses), else probed from the file (PyAV stream duration, or frames / fps).
+* **generation**: ``model.generate`` with the config's ``model.generation`` settings (batch-invariant,
+  so batching does not change a caption).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from llmva_gebc.data.gebc import (
+    LABELS, TYPES, DataError, build_prompt, load_annotations, load_feature_array, read_json, reference_points,
+    resample_nearest, resolve_path,
+)
+from llmva_gebc.data.video import VideoDecodeError, read_frames
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LABEL = "Change of Action"  # the most frequent GEBC label
+BoundarySpec = Union[float, int, Mapping[str, Any]]
+
+
+class CaptionError(ValueError):
+    """A request that cannot be captioned (bad timestamp, label, missing input); the message says why."""
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def canonical_label(label: str) -> str:
+    """One of the five GEBC labels, matched case-insensitively; anything else is an error."""
+    for known in LABELS:
+        if str(label).strip().lower() == known.lower():
+            return known
+    raise CaptionError(f"unknown boundary label {label!r}; the model was trained on: {', '.join(LABELS)}")
+
+
+def probe_duration(path: str | os.PathLike) -> float:
+    """Duration of a video file in seconds (PyAV stream/container duration, else frames / fps)."""
+    path = Path(path)
+    if not path.is_file():
+        raise VideoDecodeError(f"video file not found: {path}")
+    errors = []
+    try:
+        import av
+
+        with av.open(str(path)) as c:
+            if not c.streams.video:
+                raise ValueError("no video stream")
+            s = c.streams.video[0]
+            if s.duration is not None and s.time_base is not None and s.duration > 0:
+                return float(s.duration * s.time_base)
+            if c.duration:
+                return c.duration / 1_000_000  # av.time_base is microseconds
+            if s.frames and s.average_rate:
+                return s.frames / float(s.average_rate)
+            raise ValueError("the file states no duration")
+    except ImportError as e:
+        errors.append(f"pyav: not installed ({e})")
+    except Exception as e:  # av.error.InvalidDataError and friends
+        errors.append(f"pyav: {type(e).__name__}: {e}")
+    try:
+        import decord
+
+        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+        return len(vr) / float(vr.get_avg_fps())
+    except ImportError as e:
+        errors.append(f"decord: not installed ({e})")
+    except Exception as e:
+        errors.append(f"decord: {type(e).__name__}: {e}")
+    raise VideoDecodeError(f"cannot read the duration of video {path}: "
+                           + "; ".join(e.splitlines()[0][:300] for e in errors))
+
+
+def resolve_boundaries(boundaries: Sequence[BoundarySpec], duration: float, labels: Optional[Sequence[str]] = None,
+                       video_id: str = "video", where: str = "") -> List[Dict[str, Any]]:
+    """Boundary specs → dicts with ``boundary_id, timestamp, prev_timestamp, next_timestamp, label``.
+
+    A spec is a timestamp (seconds) or an annotation-like mapping (``timestamp`` and optionally
+    ``prev_timestamp``, ``next_timestamp``, ``label``, ``boundary_id``). Missing prev/next come from
+    the neighbouring timestamps (0 and ``duration`` at the ends). ``labels``: one per boundary, or one
+    for all; default: the mapping's label, else ``DEFAULT_LABEL``. Every timestamp must satisfy
+    0 < t < duration.
+    """
+    if not boundaries:
+        raise CaptionError("no boundaries given")
+    if not (isinstance(duration, (int, float)) and math.isfinite(duration) and duration > 0):
+        raise CaptionError(f"the clip duration must be a positive number of seconds, got {duration!r}")
+    specs = [dict(b) if isinstance(b, Mapping) else {"timestamp": b} for b in boundaries]
+    if labels is not None:
+        labels = [labels] if isinstance(labels, str) else list(labels)
+        if len(labels) not in (1, len(specs)):
+            raise CaptionError(f"got {len(labels)} labels for {len(specs)} boundaries; give one label per boundary "
+                               "or a single label for all")
+        if len(labels) == 1:
+            labels = labels * len(specs)
+    times = []
+    for i, s in enumerate(specs):
+        t = s.get("timestamp")
+        try:
+            t = float(t)
+        except (TypeError, ValueError):
+            raise CaptionError(f"boundary {i}: timestamp must be a number of seconds, got {t!r}") from None
+        if not (math.isfinite(t) and 0 < t < duration):
+            raise CaptionError(f"boundary timestamp {t:g} s is outside the clip{where} (duration {duration:g} s): "
+                               f"each boundary must satisfy 0 < t < {duration:g}")
+        times.append(t)
+    if len(set(times)) != len(times):
+        raise CaptionError(f"duplicate boundary timestamps in {times}")
+    ordered = sorted(times)
+    out = []
+    for i, (s, t) in enumerate(zip(specs, times)):
+        k = ordered.index(t)
+        prev = s.get("prev_timestamp", ordered[k - 1] if k > 0 else 0.0)
+        nxt = s.get("next_timestamp", ordered[k + 1] if k + 1 < len(ordered) else duration)
+        # a label the caller chose must be one of the five; an annotation entry's label is used as is
+        label = canonical_label(labels[i]) if labels is not None else s.get("label") or DEFAULT_LABEL
+        out.append({"boundary_id": s.get("boundary_id", f"{video_id}_{i}"), "timestamp": t,
+                    "prev_timestamp": float(prev), "next_timestamp": float(nxt), "label": str(label)})
+    return out
+
+
+def _pick_dataset(cfg, name: Optional[str]) -> Tuple[Optional[str], Any]:
+    if name is not None:
+        if name not in cfg.datasets:
+            raise KeyError(f"dataset '{name}' is not in the config's datasets ({list(cfg.datasets)})")
+        return name, cfg.datasets[name]
+    for n, d in cfg.datasets.items():  # the GEBC dataset if there is one, else the first
+        if d.builder == "gebc":
+            return n, d
+    return next(iter(cfg.datasets.items()), (None, None))
+
+
+def _device_of(name: Optional[str], cfg) -> torch.device:
+    want = str(name or cfg.run.device)
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(want)
+
+
+# ------------------------------------------------------------------------------------------ captioner
+class Captioner:
+    """A loaded model plus everything needed to turn a video into its inputs. Build with :func:`load`."""
+
+    def __init__(self, cfg, model, *, dataset: Optional[str] = None, features_dir: Optional[str] = None,
+                 video_info: Optional[str] = None, batch_size: Optional[int] = None,
+                 generate_kwargs: Optional[Mapping[str, Any]] = None) -> None:
+        self.cfg = cfg
+        self.model = model.eval()
+        self.dataset_name, ds = _pick_dataset(cfg, dataset)
+        root = ds.root if ds is not None else None
+        self.processor_cfg = ds.vis_processor if ds is not None else None
+        self.num_frames = int(self.processor_cfg.num_frames) if self.processor_cfg is not None else 12
+        fdir = features_dir if features_dir is not None else (ds.features_dir if ds is not None else None)
+        self.features_dir = resolve_path(root, fdir)
+        vinfo = video_info if video_info is not None else (ds.video_info if ds is not None else None)
+        self.video_info_path = resolve_path(root, vinfo)
+        self._video_info: Optional[Dict[str, float]] = None
+        self.other_feats = [{"name": o.name, "dir": resolve_path(root, o.dir), "dim": int(o.dim)}
+                            for o in (ds.other_feats if ds is not None else [])]
+        self.max_seq_len = int(ds.max_seq_len) if ds is not None else 96
+        self.batch_size = int(batch_size or cfg.run.batch_size_eval)
+        self.generate_kwargs = dict(generate_kwargs or {})
+        self._encoder = getattr(model, "encoder", None)
+        self._processor = None
+
+    # -------------------------------------------------------------- inputs
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def encoder(self):
+        """The frozen image encoder, built on first use (cached features never need it)."""
+        if self._encoder is None:
+            from llmva_gebc.models.encoder import build_encoder
+
+            self._encoder = build_encoder(self.cfg.model.encoder, device=self.device)
+        return self._encoder
+
+    @property
+    def processor(self):
+        if self._processor is None:
+            from llmva_gebc.data.processors import build_processor
+
+            self._processor = build_processor(self.processor_cfg, training=False)
+        return self._processor
+
+    def cached_features_path(self, video_id: str) -> Optional[Path]:
+        if self.features_dir is None:
+            return None
+        p = self.features_dir / f"{video_id}.npy"
+        return p if p.is_file() else None
+
+    def video_info(self) -> Dict[str, float]:
+        if self._video_info is None:
+            p = self.video_info_path
+            self._video_info = dict(read_json(p, "video_info")) if p is not None and p.is_file() else {}
+        return self._video_info
+
+    def duration_of(self, video_path: str | os.PathLike) -> Tuple[float, str]:
+        """(duration in seconds, where it came from): the dataset's video_info, else the file."""
+        vid = Path(video_path).stem
+        info = self.video_info()
+        if vid in info and info[vid] is not None:
+            return float(info[vid]), f"video_info {self.video_info_path}"
+        return probe_duration(video_path), "video file"
+
+    def encode_video(self, video_path: str | os.PathLike) -> torch.Tensor:
+        """Decode T frames uniformly, process and encode them: float32 (T, Q, H) on the CPU.
+
+        The same steps as ``python -m llmva_gebc.extract``; the result equals its ``.npy``.
+        """
+        frames = self.processor(read_frames(video_path, self.num_frames))  # (T, 3, S, S)
+        enc = self.encoder
+        with torch.no_grad():
+            return enc(frames.to(device=enc.device, dtype=enc.dtype)).float().cpu()  # (T, Q, H)
+
+    def features(self, video_path: str | os.PathLike, use_cache: bool = True) -> Tuple[torch.Tensor, str]:
+        """(q_tokens float32 (T, Q, H), source): the extraction cache's ``<stem>.npy`` if present, else decoded."""
+        vid = Path(video_path).stem
+        cached = self.cached_features_path(vid) if use_cache else None
+        if cached is not None:
+            arr = load_feature_array(cached)
+            Q, H = int(self.cfg.model.encoder.num_query_tokens), int(self.cfg.model.adapter.hidden_size)
+            if arr.ndim != 3 or arr.shape[1:] != (Q, H):
+                raise DataError(f"features file {cached}: expected shape (T, {Q}, {H}) for this config, "
+                                f"got {tuple(arr.shape)}")
+            return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)), f"cache {cached}"
+        return self.encode_video(video_path), "decoded video"
+
+    def other_features(self, video_id: str) -> Optional[torch.Tensor]:
+        """(S, sum_d) other features of a video from the dataset's ``other_feats`` dirs, or None if unused."""
+        if not self.other_feats:
+            return None
+        parts = []
+        for of in self.other_feats:
+            path = next((of["dir"] / f"{video_id}{e}" for e in (".npy", ".pkl") if (of["dir"] / f"{video_id}{e}").is_file()),
+                        None)
+            if path is None:
+                raise CaptionError(f"this model needs other features '{of['name']}' but {of['dir']} has no "
+                                   f"{video_id}.npy/.pkl (extract them first)")
+            arr = load_feature_array(path)
+            if arr.ndim != 2 or arr.shape[1] != of["dim"]:
+                raise DataError(f"other features file {path}: expected (t, {of['dim']}), got {tuple(arr.shape)}")
+            parts.append(resample_nearest(arr, self.max_seq_len).astype(np.float32))  # (S, d)
+        return torch.from_numpy(np.concatenate(parts, axis=1))  # (S, sum_d)
+
+    # -------------------------------------------------------------- captioning
+    def caption_features(self, q_tokens: torch.Tensor, boundaries: Sequence[BoundarySpec], duration: float,
+                         labels: Optional[Sequence[str]] = None, video_id: str = "video",
+                         other_feats: Optional[torch.Tensor] = None) -> List[Dict[str, Any]]:
+        """Caption boundaries from pre-computed features ``q_tokens`` (T, Q, H) of a clip of ``duration`` s.
+
+        Returns one dict per boundary (input order): ``boundary_id, boundary (timestamp), label,
+        prev_timestamp, next_timestamp, duration, subject, status_before, status_after``.
+        """
+        from llmva_gebc.data.collate import collate_gebc
+
+        q_tokens = torch.as_tensor(q_tokens, dtype=torch.float32)
+        if q_tokens.ndim != 3:
+            raise CaptionError(f"q_tokens must be (T, Q, H), got shape {tuple(q_tokens.shape)}")
+        if self.other_feats and other_feats is None:
+            other_feats = self.other_features(video_id)
+        recs = resolve_boundaries(boundaries, duration, labels, video_id=video_id)
+        samples = []
+        for r in recs:
+            for ctype in TYPES:
+                s = {"boundary_id": r["boundary_id"], "video_id": video_id, "type": ctype, "label": r["label"],
+                     "prompt": build_prompt(r["label"], ctype), "caption": None,
+                     "ref_points": reference_points(r["timestamp"], r["prev_timestamp"], r["next_timestamp"],
+                                                    duration),  # (2,) float64
+                     "timestamp": r["timestamp"], "duration": float(duration), "q_tokens": q_tokens}  # (T, Q, H)
+                if other_feats is not None:
+                    s["other_feats"] = other_feats  # (S, sum_d)
+                samples.append(s)
+        captions: List[str] = []
+        with torch.no_grad():
+            for i in range(0, len(samples), self.batch_size):
+                batch = collate_gebc(samples[i:i + self.batch_size])
+                captions += self.model.generate(batch, **self.generate_kwargs)
+        out = []
+        for j, r in enumerate(recs):
+            d = {"boundary_id": r["boundary_id"], "boundary": r["timestamp"], "label": r["label"],
+                 "prev_timestamp": r["prev_timestamp"], "next_timestamp": r["next_timestamp"],
+                 "duration": float(duration)}
+            d.update({t: captions[3 * j + k] for k, t in enumerate(TYPES)})
+            out.append(d)
+        return out
+
+    def caption(self, video_path: str | os.PathLike, boundaries: Sequence[BoundarySpec],
+                labels: Optional[Sequence[str]] = None, duration: Optional[float] = None,
+                use_cache: bool = True) -> List[Dict[str, Any]]:
+        """Caption ``boundaries`` (seconds, or annotation entries) of a video file.
+
+        ``labels``: one per boundary or one for all (default: an entry's own label, else
+        "Change of Action"). A video missing on disk is accepted only when the extraction cache holds
+        its features and its duration is known (``duration`` or the dataset's video_info).
+        """
+        video_path = Path(video_path)
+        vid = video_path.stem
+        if not video_path.is_file():
+            info = self.video_info()
+            if use_cache and self.cached_features_path(vid) is not None and (duration is not None or vid in info):
+                log.info("video %s not on disk: using cached features %s", video_path, self.cached_features_path(vid))
+            else:
+                raise VideoDecodeError(f"video file not found: {video_path}"
+                                       + (f" (and no cached features {self.features_dir / (vid + '.npy')})"
+                                          if self.features_dir is not None else ""))
+        src = "given"
+        if duration is None:
+            duration, src = self.duration_of(video_path)
+        # check the timestamps before the (possibly slow) decoding and encoding
+        resolve_boundaries(boundaries, duration, labels, video_id=vid, where=f" {video_path}")
+        q, feat_src = self.features(video_path, use_cache=use_cache)
+        log.info("%s: duration %.3f s (%s), features from %s", video_path, duration, src, feat_src)
+        return self.caption_features(q, boundaries, duration, labels, video_id=vid)
+
+    def caption_annotations(self, video_path: str | os.PathLike, annotations: str | os.PathLike,
+                            duration: Optional[float] = None, use_cache: bool = True) -> List[Dict[str, Any]]:
+        """Caption every boundary of ``video_path``'s id (file stem) in a GEBC annotation file, with the
+        annotation's own timestamps, prev/next timestamps and labels."""
+        vid = Path(video_path).stem
+        recs = [r for r in load_annotations(annotations, with_captions=False) if r["video_id"] == vid]
+        if not recs:
+            raise CaptionError(f"annotation file {annotations} has no boundaries for video id '{vid}' "
+                               "(the file name without extension)")
+        specs = [{k: r[k] for k in ("boundary_id", "timestamp", "prev_timestamp", "next_timestamp", "label")}
+                 for r in recs]
+        return self.caption(video_path, specs, duration=duration, use_cache=use_cache)
+
+
+# ------------------------------------------------------------------------------------------ loading
+def load(cfg_path, ckpt: Optional[str | os.PathLike] = None, options: Optional[Sequence[str]] = None,
+         device: Optional[str | torch.device] = None, **captioner_kwargs: Any) -> Captioner:
+    """Load a captioner: config (a YAML path or a loaded config) + ``--options`` overrides, the model
+    (``model.checkpoint`` if set), then the trained weights ``ckpt`` (a run's checkpoint dir or a
+    ``.safetensors``/``.pth``) as ``evaluate.py --ckpt`` does.
+
+    ``captioner_kwargs``: ``dataset``, ``features_dir``, ``video_info``, ``batch_size``,
+    ``generate_kwargs`` (see :class:`Captioner`).
+    """
+    from llmva_gebc.config import check_resolved, load_config
+    from llmva_gebc.models import build_model
+
+    cfg = load_config(cfg_path, options) if isinstance(cfg_path, (str, os.PathLike)) else cfg_path
+    check_resolved(cfg, ["model.llm.path"])
+    dev = _device_of(device, cfg)
+    torch.manual_seed(int(cfg.run.seed))  # as run_evaluation: random parts are identical
+    model = build_model(cfg.model, device=dev)
+    if ckpt:
+        from llmva_gebc.models.checkpoint import load_trainable
+
+        load_trainable(model, ckpt, allow_partial=bool(cfg.model.allow_partial_load))
+        log.info("loaded trainable weights from %s", ckpt)
+    elif not cfg.model.checkpoint:
+        log.warning("no trained weights (no ckpt and no model.checkpoint): the adapter is randomly initialised "
+                    "and the captions are meaningless")
+    return Captioner(cfg, model, **captioner_kwargs)
+
+
+__all__ = ["load", "Captioner", "CaptionError", "resolve_boundaries", "probe_duration", "canonical_label",
+           "DEFAULT_LABEL"]
