@@ -1,0 +1,133 @@
+"""Caption the boundaries of one video from the command line.
+
+    python -m llmva_gebc.caption VIDEO.mp4 --cfg-path CONFIG.yaml [--ckpt DIR]
+        (--boundaries 2.4,6.1 [--labels "Change of Action,Change of Color"] | --annotations FILE)
+        [--duration S] [--features-dir DIR] [--no-cache] [--device cpu] [--json] [--options k=v ...]
+
+* ``--boundaries``: timestamps in seconds, comma-separated; each must satisfy 0 < t < duration.
+  prev/next timestamps (the second reference point) are the neighbouring boundaries, with 0 before
+  the first and the clip's end after the last, as the GEBC annotation defines them.
+* ``--labels``: the boundary type(s) for the prompt, one for all or one per boundary
+  (comma-separated), among "Change of Action" (default, the most common), "Change of Subject",
+  "Change of Object Being Interacted", "Change of Color", "Multiple" (case-insensitive).
+* ``--annotations``: caption every boundary of this video's id (the file stem) in a GEBC annotation
+  file, with its own timestamps, prev/next and labels.
+* Features: ``<features-dir>/<video_id>.npy`` (default: the config's ``datasets.<name>.features_dir``)
+  is reused when it exists; otherwise the video is decoded and encoded (``--no-cache`` forces that).
+* Duration: ``--duration``, else the config's ``video_info`` when it lists the video id, else the file's.
+
+Prints a table (one row per boundary) or, with ``--json``, a JSON list of
+``{boundary_id, boundary, label, prev_timestamp, next_timestamp, duration, subject, status_before,
+status_after}``. Exit status 2 with a one-line message for bad input (missing or corrupt video,
+timestamp outside the clip, unknown label).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import textwrap
+from typing import List, Optional, Sequence
+
+from llmva_gebc.api import DEFAULT_LABEL, CaptionError, load
+from llmva_gebc.config import ConfigError, add_config_args
+from llmva_gebc.data.gebc import LABELS, TYPES, DataError
+from llmva_gebc.data.video import VideoDecodeError
+
+HEADERS = {"subject": "subject", "status_before": "status before", "status_after": "status after"}
+
+
+def parse_timestamps(text: str) -> List[float]:
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            out.append(float(part))
+        except ValueError:
+            raise CaptionError(f"--boundaries: {part!r} is not a number of seconds (expected e.g. 2.4,6.1)") from None
+    if not out:
+        raise CaptionError("--boundaries is empty (expected e.g. 2.4,6.1)")
+    return out
+
+
+def format_table(rows: Sequence[dict], width: int = 40) -> str:
+    """Plain-text table, one boundary per row (captions wrapped at ``width`` characters)."""
+    head = ["boundary", "t (s)", "label"] + [HEADERS[t] for t in TYPES]
+    cells = []
+    for r in rows:
+        cells.append([[r["boundary_id"]], [f"{r['boundary']:.2f}"], textwrap.wrap(r["label"], 20) or [""]]
+                     + [textwrap.wrap(r[t], width) or [""] for t in TYPES])
+    widths = [max([len(head[c])] + [len(line) for row in cells for line in row[c]]) for c in range(len(head))]
+
+    def line(parts):
+        return " | ".join(p.ljust(w) for p, w in zip(parts, widths)).rstrip()
+
+    out = [line(head), "-+-".join("-" * w for w in widths)]
+    for row in cells:
+        for k in range(max(len(c) for c in row)):
+            out.append(line([c[k] if k < len(c) else "" for c in row]))
+    return "\n".join(out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m llmva_gebc.caption",
+        description="Caption the event boundaries of a video (subject, status before, status after).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"labels: {', '.join(LABELS)}",
+    )
+    p.add_argument("video", help="video file; its stem is the video id (for the feature cache and --annotations)")
+    add_config_args(p)
+    p.add_argument("--ckpt", default=None, help="trained weights: a run's checkpoint dir or a .safetensors/.pth")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--boundaries", help="boundary timestamps in seconds, comma-separated, e.g. 2.4,6.1")
+    g.add_argument("--annotations", help="GEBC annotation JSON: caption this video's boundaries from it")
+    p.add_argument("--labels", "--label", dest="labels", default=None,
+                   help=f"boundary label(s), one for all or comma-separated per boundary (default: {DEFAULT_LABEL})")
+    p.add_argument("--duration", type=float, default=None, help="clip duration in seconds (default: video_info or the file)")
+    p.add_argument("--features-dir", default=None, help="extraction cache to reuse <dir>/<video_id>.npy from "
+                   "(default: datasets.<name>.features_dir)")
+    p.add_argument("--video-info", default=None, help="video_info.json for durations (default: datasets.<name>.video_info)")
+    p.add_argument("--dataset", default=None, help="datasets.<name> for the processor/cache settings (default: gebc)")
+    p.add_argument("--no-cache", action="store_true", help="always decode and encode the video")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: run.device)")
+    p.add_argument("--batch-size", type=int, default=None, help="samples per generate call (default: run.batch_size_eval)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress (duration and feature source)")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not a.verbose:  # keep stderr to warnings and the error line
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    try:
+        boundaries = parse_timestamps(a.boundaries) if a.boundaries is not None else None
+        labels = [s.strip() for s in a.labels.split(",")] if a.labels else None
+        if labels is not None and a.annotations is not None:
+            raise CaptionError("--labels goes with --boundaries; --annotations uses the file's labels")
+        model = load(a.cfg_path, ckpt=a.ckpt, options=a.options, device=a.device, dataset=a.dataset,
+                     features_dir=a.features_dir, video_info=a.video_info, batch_size=a.batch_size)
+        if boundaries is not None:
+            rows = model.caption(a.video, boundaries, labels=labels, duration=a.duration, use_cache=not a.no_cache)
+        else:
+            rows = model.caption_annotations(a.video, a.annotations, duration=a.duration, use_cache=not a.no_cache)
+    except (CaptionError, VideoDecodeError, DataError, ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if a.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
