@@ -76,6 +76,8 @@ class LLMVAGEBC(nn.Module):
         self.bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
         self._text_cache: Dict[str, List[int]] = {}
         self.video_prefix_ids = self._ids(VIDEO_PREFIX)
+        self.share_prefix = False  # default of forward/generate(share_prefix=None); see set_share_prefix
+        self.share_prefix_mode = "cache"  # shared-prefix training: "cache" | "packed" (models/shared_prefix.py)
         for p in self.llm.parameters():
             if not getattr(p, "_llmva_trainable", False):
                 p.requires_grad_(False)
@@ -120,6 +122,35 @@ class LLMVAGEBC(nn.Module):
                         raise ValueError(f"shape mismatch for '{k}': checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}")
                     own[k].copy_(v.to(own[k].dtype))
         return missing, unexpected
+
+    # ------------------------------------------------------------------ shared prefix
+    def set_share_prefix(self, enabled: bool, mode: Optional[str] = None) -> bool:
+        """Set the default of ``forward``/``generate(share_prefix=None)`` (config ``run.share_prefix``).
+        Falls back to the unshared path, with a warning, when the LLM lacks what sharing needs.
+        Returns the value in effect."""
+        from llmva_gebc.models.shared_prefix import MODES, supports_shared_prefix
+
+        if mode is not None:
+            if mode not in MODES:
+                raise ValueError(f"shared-prefix mode must be one of {MODES}, got {mode!r}")
+            self.share_prefix_mode = mode
+        why = supports_shared_prefix(self.llm) if enabled else None
+        if why is not None:
+            log.warning("run.share_prefix: true but %s; using the unshared path", why)
+            enabled = False
+        self.share_prefix = bool(enabled)
+        return self.share_prefix
+
+    def _sharing(self, share_prefix: Optional[bool]) -> bool:
+        if share_prefix is None:
+            return self.share_prefix
+        if share_prefix and not self.share_prefix:
+            from llmva_gebc.models.shared_prefix import supports_shared_prefix
+
+            why = supports_shared_prefix(self.llm)
+            if why is not None:
+                raise ValueError(f"share_prefix=True is not possible with this LLM: {why}")
+        return bool(share_prefix)
 
     # ------------------------------------------------------------------ text
     def _ids(self, text: str) -> List[int]:
@@ -166,7 +197,13 @@ class LLMVAGEBC(nn.Module):
         return torch.cat([head, vis, self._embed(self._ids(prompt))], dim=0)  # (Lp, D)
 
     # ------------------------------------------------------------------ training
-    def forward(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    def forward(self, batch: Dict[str, Any], share_prefix: Optional[bool] = None) -> Dict[str, torch.Tensor]:
+        """``share_prefix`` (None → ``self.share_prefix``): encode each boundary's common prefix once
+        (``models/shared_prefix.py``); the same loss as the reference path below."""
+        if self._sharing(share_prefix):
+            from llmva_gebc.models.shared_prefix import shared_forward
+
+            return shared_forward(self, batch, self.share_prefix_mode)
         vis = self.visual_tokens(batch)  # (B, Nv, D)
         seqs, labels = [], []
         for i, (prompt, caption) in enumerate(zip(batch["prompt"], batch["caption"])):
@@ -197,9 +234,14 @@ class LLMVAGEBC(nn.Module):
         return g
 
     @torch.no_grad()
-    def generate(self, batch: Dict[str, Any], **overrides) -> List[str]:
+    def generate(self, batch: Dict[str, Any], share_prefix: Optional[bool] = None, **overrides) -> List[str]:
         """Beam search, one caption per sample. Prompts are LEFT-padded so that every sample's result
-        equals its batch-of-one result."""
+        equals its batch-of-one result. ``share_prefix`` (None → ``self.share_prefix``): prefill each
+        boundary's common prefix once and continue from its KV cache (same captions)."""
+        if self._sharing(share_prefix):
+            from llmva_gebc.models.shared_prefix import shared_generate
+
+            return shared_generate(self, batch, **overrides)
         vis = self.visual_tokens(batch)  # (B, Nv, D)
         prefixes = [self._prefix(vis[i], p) for i, p in enumerate(batch["prompt"])]
         L = max(p.shape[0] for p in prefixes)
@@ -247,6 +289,10 @@ def _apply_lora(llm: nn.Module, lcfg) -> nn.Module:
 def build_llmva_gebc(mcfg, device: Optional[torch.device | str] = None) -> LLMVAGEBC:
     """Build the captioner from ``model:`` config; loads ``model.checkpoint`` if set."""
     dev = torch.device(device) if device is not None else torch.device("cpu")
+    if mcfg.encoder.weights != "hf" and mcfg.encoder.qformer.hidden_size != mcfg.adapter.hidden_size:
+        raise ValueError(
+            f"model.adapter.hidden_size ({mcfg.adapter.hidden_size}) must equal the image Q-Former width "
+            f"model.encoder.qformer.hidden_size ({mcfg.encoder.qformer.hidden_size}): the adapter reads its tokens")
     llm, tokenizer = load_llm(mcfg.llm.path, resolve_dtype(mcfg.llm.dtype, dev, "model.llm.dtype"),
                               mcfg.llm.gguf_file, mcfg.llm.tokenizer_path)
     if mcfg.llm.lora.enabled:

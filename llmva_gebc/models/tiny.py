@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import random
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import torch
+
+log = logging.getLogger(__name__)
 
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
 
@@ -106,3 +110,67 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def pretrain_slot_reader(llm_dir: str | Path, boundaries: Sequence[Mapping[str, Any]], num_visual_tokens: int,
+                         steps: int = 300, batch_boundaries: int = 16, lr: float = 3e-3, seed: int = 0,
+                         max_txt_len: int = 30, log_every: int = 50) -> List[float]:
+    """Briefly pretrain a tiny LLM (text only) on GEBC captions, in the captioner's sequence layout.
+
+    Each training sequence is ``[BOS] "Video:" <slot> <prompt> <caption> EOS`` exactly as
+    :class:`~llmva_gebc.models.llmva_gebc.LLMVAGEBC` lays it out, where the ``num_visual_tokens``
+    positions of the visual slot hold the token embeddings of the boundary's three captions
+    (``subject status_before status_after``, truncated/padded) instead of visual tokens. The LM thus
+    learns the caption language and to read what the slot says; once frozen, the adapter must learn
+    to put the video's content into that slot. This stands in for a real pretrained LLM in the
+    CPU demo. The weights in ``llm_dir`` are overwritten; returns the loss of every step.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmva_gebc.data.gebc import TYPES, build_prompt
+
+    tok = AutoTokenizer.from_pretrained(str(llm_dir))
+    lm = AutoModelForCausalLM.from_pretrained(str(llm_dir))
+    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    cache: Dict[str, List[int]] = {}
+
+    def ids(s: str) -> List[int]:
+        if s not in cache:
+            cache[s] = tok(s, add_special_tokens=False).input_ids
+        return cache[s]
+
+    video = ids("Video:")
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(lm.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.05, 1 - s / steps))
+    lm.train()
+    losses: List[float] = []
+    for step in range(steps):
+        seqs, labels = [], []
+        for b in rng.sample(list(boundaries), min(batch_boundaries, len(boundaries))):
+            slot = ids(" ".join(str(b[t]) for t in TYPES))[:num_visual_tokens]
+            slot = slot + [tok.pad_token_id] * (num_visual_tokens - len(slot))
+            for t in TYPES:
+                prefix = [bos, *video, *slot, *ids(build_prompt(b["label"], t))]
+                cap = (ids(str(b[t])) + [tok.eos_token_id])[:max_txt_len]
+                seqs.append(prefix + cap)
+                labels.append([-100] * len(prefix) + cap)
+        L = max(map(len, seqs))
+        x = torch.full((len(seqs), L), tok.pad_token_id)  # (N, L), right-padded
+        y = torch.full((len(seqs), L), -100)
+        attn = torch.zeros((len(seqs), L), dtype=torch.long)
+        for i, (s, lab) in enumerate(zip(seqs, labels)):
+            x[i, : len(s)] = torch.tensor(s)
+            y[i, : len(lab)] = torch.tensor(lab)
+            attn[i, : len(s)] = 1
+        loss = lm(input_ids=x, attention_mask=attn, labels=y).loss
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if log_every and (step % log_every == 0 or step == steps - 1):
+            log.info("pretrain tiny LLM: step %d/%d loss %.4f", step + 1, steps, loss.item())
+    lm.save_pretrained(str(llm_dir))
+    return losses
