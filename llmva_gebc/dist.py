@@ -7,7 +7,7 @@ Every function has a single-process fallback, so library code can call ``get_ran
   starts a process group: NCCL when CUDA is available, gloo otherwise. One process: no-op.
 * :func:`wrap_model` applies PyTorch's own engines: DDP (``strategy="ddp"``) or FSDP2
   (``strategy="fsdp"``, ``torch.distributed.fsdp.fully_shard``) unit by unit: each LLM decoder layer,
-  then every top-level child of the model (the adapter parts, the rest of the LLM), then the root.
+  then the adapter (and encoder), then the root with the LLM's embeddings and head.
 * :class:`EpochBatchSampler` is the deterministic, resumable training sampler.
 * Helpers that hide DTensor/DDP details from the trainer: :func:`unwrap`, :func:`no_grad_sync`,
   :func:`full_trainable_state_dict`, :func:`load_full_trainable_state_dict`,
@@ -147,7 +147,8 @@ def wrap_model(model: nn.Module, strategy: str = "ddp", device: Optional[torch.d
     ``find_unused_parameters`` stays False unless asked, since every trainable parameter is used).
     ``fsdp``: FSDP2 ``fully_shard`` bottom-up: every module whose class name ends in ``DecoderLayer``
     (the frozen LLM's blocks, LoRA weights included), then each top-level child of ``model`` that
-    still owns unsharded parameters (adapter parts, LLM embeddings/head, the encoder), then the root.
+    owns parameters and is not the LLM (adapter, encoder), then the root, which keeps the LLM's
+    embeddings, final norm and (tied) head: the model calls the input embeddings directly.
     FSDP2 only requires uniform dtype among the *trainable* parameters of a unit, so frozen fp16 LLM
     weights and fp32 adapter weights live in different units. ``generate`` is registered as an FSDP
     forward method so it all-gathers parameters like ``forward``.
@@ -179,10 +180,16 @@ def wrap_model(model: nn.Module, strategy: str = "ddp", device: Optional[torch.d
         fully_shard(m, mesh=mesh)
         sharded.update(id(p) for p in params)
 
-    for layer in _decoder_layers(model):
+    layers = _decoder_layers(model)
+    for layer in layers:
         shard(layer)
+    layer_ids = {id(m) for m in layers}
     for _, child in model.named_children():
-        if owned(child):
+        holds_llm = any(id(m) in layer_ids for m in child.modules())
+        # The LLM's leftovers (token embeddings, final norm, tied LM head) stay with the root unit: the
+        # model calls the input embeddings directly, outside the LLM's forward, and tied weights must
+        # share one unit.
+        if owned(child) and not holds_llm:
             shard(child)
     fully_shard(model, mesh=mesh)
     if hasattr(model, "generate"):

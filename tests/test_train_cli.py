@@ -54,16 +54,26 @@ def test_bad_option_fails_with_key_name(tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes(tiny_llm_dirs, feats_dir, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_torchrun_two_processes(tiny_llm_dirs, feats_dir, tmp_path, strategy):  # noqa: F811
+    """Train 3 steps, validate (generate + score: lockstep generation under FSDP), keep checkpoints."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
            str(REPO / "train.py"), "--cfg-path", str(REPO / "train_configs" / "tiny.yaml"),
-           *_opts(tiny_llm_dirs, feats_dir, tmp_path, "run.max_steps=3")]
+           *_opts(tiny_llm_dirs, feats_dir, tmp_path, "run.max_steps=3", "run.valid_splits=[val]",
+                  "run.max_eval_samples=6", f"run.distributed.strategy={strategy}")]
     p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
     run_dir = tmp_path / "tiny"
     assert _steps(run_dir) == [1, 2, 3]
     summary = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
     assert summary["type"] == "summary" and summary["world_size"] == 2
+    recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    epoch = [r for r in recs if r["type"] == "epoch"][-1]
+    assert "CIDEr" in epoch and "val_loss" in epoch
+    from llmva_gebc.engine.checkpointing import load_checkpoint
+
+    w, st, _ = load_checkpoint(run_dir / "checkpoint_last")
+    assert st["global_step"] == 3 and len(st["rng"]) == 2
