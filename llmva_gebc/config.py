@@ -4,6 +4,7 @@
   loaded first and the file's own keys are merged over it, so size variants are small diffs.
 * The merged tree is checked against the dataclass schema below: a misspelled or unknown key is an
   error naming its full path (``model.adapter.hiden_size``) and the file it came from.
+* ``datasets: {name: null}`` drops a dataset inherited from the base.
 * ``--options a.b=c`` (alias ``--cfg-options``) overrides are checked the same way.
 * Paths in shipped configs use ``${oc.env:NAME,default}`` interpolations; the variables are listed in
   the README (``LLMVA_DATA``, ``LLMVA_LLM_DIR``, ``LLMVA_OUTPUT`` ...).
@@ -295,7 +296,12 @@ def parse_options(options: Sequence[str] | None) -> List[str]:
 def load_config(path: str | os.PathLike, options: Sequence[str] | None = None) -> DictConfig:
     """Load a YAML config with its bases, apply ``options`` and check everything against the schema."""
     path = Path(path).resolve()
-    cfg = _merge_checked(OmegaConf.structured(Config), _read_yaml(path), str(path))
+    raw = _read_yaml(path)
+    # `datasets: {name: null}` drops a dataset inherited from a base file.
+    if isinstance(raw.get("datasets"), DictConfig):
+        for name in [k for k, v in raw.datasets.items_ex(resolve=False) if v is None]:
+            del raw.datasets[name]
+    cfg = _merge_checked(OmegaConf.structured(Config), raw, str(path))
     if options:
         cfg = _merge_checked(cfg, OmegaConf.from_dotlist(parse_options(options)), "--options")
     for name, ds in cfg.datasets.items():
