@@ -53,13 +53,18 @@ def parse_timestamps(text: str) -> List[float]:
     return out
 
 
+def printable(text: str) -> str:
+    """Control characters (which an untrained LLM may emit) escaped, so that table columns line up."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def format_table(rows: Sequence[dict], width: int = 40) -> str:
     """Plain-text table, one boundary per row (captions wrapped at ``width`` characters)."""
     head = ["boundary", "t (s)", "label"] + [HEADERS[t] for t in TYPES]
     cells = []
     for r in rows:
         cells.append([[r["boundary_id"]], [f"{r['boundary']:.2f}"], textwrap.wrap(r["label"], 20) or [""]]
-                     + [textwrap.wrap(r[t], width) or [""] for t in TYPES])
+                     + [textwrap.wrap(printable(r[t]), width) or [""] for t in TYPES])
     widths = [max([len(head[c])] + [len(line) for row in cells for line in row[c]]) for c in range(len(head))]
 
     def line(parts):

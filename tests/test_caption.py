@@ -95,8 +95,11 @@ def test_parse_and_format():
         parse_timestamps("2.4s")
     row = {"boundary_id": "clip_0", "boundary": 2.4, "label": "Change of Action",
            **{t: f"{t} caption " * 6 for t in TYPES}}
+    row["status_after"] = "is\x0e\x0e"  # an untrained LLM's control characters are escaped
     table = format_table([row], width=30).splitlines()
-    assert len({len(line.split(" | ")) for line in table if " | " in line}) == 1
+    assert {line.count("|") for line in table if "|" in line} == {5}
+    assert r"is\x0e\x0e" in table[2] and all(line.isprintable() for line in table)
+    assert len({line.index("|") for line in table if "|" in line}) == 1
     assert "2.40" in table[2] and max(len(x) for x in table) < 200
 
 
