@@ -103,3 +103,14 @@ def test_labels_only_on_caption_and_eos(opt_model, tiny_cfg):
 def test_caption_truncation_drops_eos_when_long(opt_model):
     ids = opt_model.caption_ids(" ".join(["word"] * 40))
     assert len(ids) == opt_model.max_txt_len and ids[-1] != opt_model.eos_id
+
+
+def test_lora_dropout_follows_train_mode_while_llm_stays_eval(tiny_cfg_factory):
+    cfg = tiny_cfg_factory("opt", "model.llm.lora.enabled=true", "model.llm.lora.target_modules=[q_proj,v_proj]")
+    model = build_model(cfg.model)
+    drops = [m for n, m in model.llm.named_modules() if n.endswith("lora_dropout.default")]
+    assert drops
+    model.train()
+    assert all(m.training for m in drops) and not model.llm.base_model.model.model.decoder.layers[0].training
+    model.eval()
+    assert not any(m.training for m in drops)

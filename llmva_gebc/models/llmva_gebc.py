@@ -85,9 +85,13 @@ class LLMVAGEBC(nn.Module):
 
     # ------------------------------------------------------------------ housekeeping
     def train(self, mode: bool = True) -> "LLMVAGEBC":
-        """The adapter follows ``mode``; the frozen LLM and encoder stay in eval mode (no dropout)."""
+        """The adapter (and LoRA dropout) follow ``mode``; the frozen LLM and encoder stay in eval mode
+        (no dropout). The original left the frozen OPT's dropout active during training; we do not."""
         super().train(mode)
         self.llm.eval()
+        for name, module in self.llm.named_modules():  # LoRA's dropout is part of what is trained
+            if name.endswith("lora_dropout") or ".lora_dropout." in name:
+                module.train(mode)
         if self.encoder is not None:
             self.encoder.eval()
         return self
