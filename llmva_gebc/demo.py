@@ -36,7 +36,7 @@ def constant_baseline(train_ann: Path, val_ann: Path) -> Dict[str, float]:
     counts = {t: collections.Counter() for t in TYPES}
     for b in load_annotations(train_ann, with_captions=True):
         for t in TYPES:
-            counts[t][b[t]] += 1
+            counts[t][b["references"][t]] += 1
     const = {SUB_KEYS[t]: counts[t].most_common(1)[0][0] for t in TYPES}
     refs = references_from_annotations(val_ann)
     metrics = score_captions({bid: dict(const) for bid in refs}, refs)
@@ -88,7 +88,7 @@ def run_demo(out: str | os.PathLike, config: str = "train_configs/demo.yaml", nu
 
     # 3. the frozen LLM
     if Path(cfg.model.llm.path).resolve() == llm_dir and not (llm_dir / "llmva_demo_pretrained").is_file():
-        boundaries = load_annotations(ann.train, with_captions=True)
+        boundaries = [{"label": b["label"], **b["references"]} for b in load_annotations(ann.train, with_captions=True)]
         make_tiny_llm(llm_dir, arch="opt", hidden_size=128, num_layers=2, num_heads=4, seed=seed,
                       extra_corpus=[str(b[t]) for b in boundaries for t in SUB_KEYS])
         n_vis = int(cfg.model.adapter.num_query_tokens) + (
