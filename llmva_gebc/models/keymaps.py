@@ -43,26 +43,26 @@ def qformer_to_lavis(key: str) -> str:
     return "bert." + key
 
 
+# EVA ViT (LAVIS) → Blip2VisionModel names: top-level tensors, and modules inside block i.
+_EVA_SIMPLE = {
+    "cls_token": "embeddings.class_embedding",
+    "pos_embed": "embeddings.position_embedding",
+    "patch_embed.proj.weight": "embeddings.patch_embedding.weight",
+    "patch_embed.proj.bias": "embeddings.patch_embedding.bias",
+}
+_EVA_BLOCK = {"norm1": "layer_norm1", "norm2": "layer_norm2", "attn.proj": "self_attn.projection",
+              "attn.qkv": "self_attn.qkv", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+
+
 def eva_vit_from_lavis(sd: Dict[str, torch.Tensor], num_layers: int) -> Dict[str, torch.Tensor]:
     """Convert an ``eva_vit_g.pth`` state dict to ``Blip2VisionModel`` keys (first ``num_layers`` blocks).
 
     ``ln_vision.*`` (from the BLIP-2 checkpoint) is handled by the caller: it becomes ``post_layernorm``.
     """
-    out: Dict[str, torch.Tensor] = {}
-    simple = {
-        "cls_token": "embeddings.class_embedding",
-        "pos_embed": "embeddings.position_embedding",
-        "patch_embed.proj.weight": "embeddings.patch_embedding.weight",
-        "patch_embed.proj.bias": "embeddings.patch_embedding.bias",
-    }
-    for k, v in simple.items():
-        if k in sd:
-            out[v] = sd[k]
-    rename = {"norm1": "layer_norm1", "norm2": "layer_norm2", "attn.proj": "self_attn.projection",
-              "attn.qkv": "self_attn.qkv", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+    out: Dict[str, torch.Tensor] = {k_hf: sd[k] for k, k_hf in _EVA_SIMPLE.items() if k in sd}
     for i in range(num_layers):
         p = f"blocks.{i}."
-        for src, dst in rename.items():
+        for src, dst in _EVA_BLOCK.items():
             for suffix in ("weight", "bias"):
                 k = f"{p}{src}.{suffix}"
                 if k in sd:
@@ -76,14 +76,8 @@ def eva_vit_from_lavis(sd: Dict[str, torch.Tensor], num_layers: int) -> Dict[str
 def eva_vit_to_lavis(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Inverse of :func:`eva_vit_from_lavis` (used by tests to lay out a state dict the original way)."""
     out: Dict[str, torch.Tensor] = {}
-    inv_simple = {
-        "embeddings.class_embedding": "cls_token",
-        "embeddings.position_embedding": "pos_embed",
-        "embeddings.patch_embedding.weight": "patch_embed.proj.weight",
-        "embeddings.patch_embedding.bias": "patch_embed.proj.bias",
-    }
-    inv = {"layer_norm1": "norm1", "layer_norm2": "norm2", "self_attn.projection": "attn.proj",
-           "self_attn.qkv": "attn.qkv", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+    inv_simple = {v: k for k, v in _EVA_SIMPLE.items()}
+    inv = {v: k for k, v in _EVA_BLOCK.items()}
     for k, v in sd.items():
         if k in inv_simple:
             out[inv_simple[k]] = v
