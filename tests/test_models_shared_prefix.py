@@ -55,12 +55,12 @@ def test_loss_and_adapter_grads_match_unshared(models, arch, mode):
     # 4 boundaries, one with 2 samples and one with 1 (incomplete in the batch), order shuffled.
     batch = grouped_batch(cfg.model, 4, seed=1, drop=(4, 9, 10), order=[3, 0, 1, 2, 8, 4, 5, 6, 7])
     assert len(sp.find_groups(batch)) == 4
-    model.share_prefix_mode = mode
+    before, model.share_prefix_mode = model.share_prefix_mode, mode
     try:
         ref_loss, ref_g = _loss_and_grads(model, batch, False)
         loss, g = _loss_and_grads(model, batch, True)
     finally:
-        model.share_prefix_mode = "cache"
+        model.share_prefix_mode = before
     assert loss == pytest.approx(ref_loss, abs=1e-5, rel=0)
     flat_ref = torch.cat([v.flatten() for v in ref_g.values()])
     flat = torch.cat([g[n].flatten() for n in ref_g])

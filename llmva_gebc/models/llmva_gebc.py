@@ -77,7 +77,7 @@ class LLMVAGEBC(nn.Module):
         self._text_cache: Dict[str, List[int]] = {}
         self.video_prefix_ids = self._ids(VIDEO_PREFIX)
         self.share_prefix = False  # default of forward/generate(share_prefix=None); see set_share_prefix
-        self.share_prefix_mode = "cache"  # shared-prefix training: "cache" | "packed" (models/shared_prefix.py)
+        self.share_prefix_mode = "packed"  # shared-prefix training: "packed" | "cache" (models/shared_prefix.py)
         for p in self.llm.parameters():
             if not getattr(p, "_llmva_trainable", False):
                 p.requires_grad_(False)
