@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmva_gebc.engine.evaluator import ShardSampler, generate_predictions, write_outputs
+from llmva_gebc.data.samplers import BoundaryShardSampler
+from llmva_gebc.engine.evaluator import generate_predictions, write_outputs
 from llmva_gebc.eval.submission import load_submission
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,12 +74,13 @@ FakeDataset, FakeModel = _ns["FakeDataset"], _ns["FakeModel"]
 
 def test_shard_sampler_covers_each_index_once_without_padding():
     for n in (0, 1, 5, 10):
+        groups = [list(range(i, min(i + 3, n))) for i in range(0, n, 3)]  # boundaries of 3 samples
         for world in (1, 2, 3):
-            shards = [list(ShardSampler(n, r, world)) for r in range(world)]
+            shards = [list(BoundaryShardSampler(groups, r, world)) for r in range(world)]
             assert sorted(i for s in shards for i in s) == list(range(n))
-            assert [len(ShardSampler(n, r, world)) for r in range(world)] == [len(s) for s in shards]
+            assert [len(BoundaryShardSampler(groups, r, world)) for r in range(world)] == [len(s) for s in shards]
     with pytest.raises(ValueError):
-        ShardSampler(3, 2, 2)
+        BoundaryShardSampler([[0], [1], [2]], 2, 2)
 
 
 def test_generate_predictions_single_process():

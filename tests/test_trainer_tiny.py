@@ -58,3 +58,29 @@ def test_tiny_config_trains_validates_and_predicts(tiny_cfg_factory, feats_dir, 
     assert len(sub) == n_test and all(set(c) == {"Subject", "Status_Before", "Status_After"} for c in sub.values())
     summary = [r for r in recs if r["type"] == "summary"][0]
     assert summary["test_submission"].endswith("submission_test.json")
+
+
+def test_share_prefix_training_groups_boundaries(tiny_cfg_factory, feats_dir, tmp_path):
+    """run.share_prefix: batches hold whole boundaries, the shared loss equals the unshared one on the
+    same batch, and a short run trains through the shared path."""
+    from llmva_gebc.engine.trainer import Runner
+
+    cfg = tiny_cfg_factory("opt", *tiny_options(
+        feats_dir, tmp_path, "run.max_steps=3", "run.batch_size_train=6", "run.evaluate_each_epoch=false",
+        "run.test_splits=[]", "run.valid_splits=[]", "run.share_prefix=true"))
+    runner = Runner(cfg)
+    runner._setup()
+    assert runner.model.share_prefix is True
+    batch = next(iter(runner.loader))
+    ids = batch["boundary_id"]
+    assert ids[0::3] == ids[1::3] == ids[2::3]
+    assert batch["type"][:3] == ["subject", "status_before", "status_after"]
+    runner.model.eval()  # no dropout: the two paths see the same numbers
+    with torch.no_grad():
+        shared = runner.model(batch)["loss"].item()
+        unshared = runner.model(batch, share_prefix=False)["loss"].item()
+    assert shared == pytest.approx(unshared, rel=1e-5)
+    run_dir = train(cfg)
+    losses = [json.loads(x)["loss"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()
+              if json.loads(x)["type"] == "train"]
+    assert len(losses) == 3 and all(np.isfinite(losses))

@@ -1,8 +1,8 @@
 """Caption generation over a split, distributed-safe, and the files of an evaluation run.
 
 * :func:`generate_predictions` — batched ``model.generate`` over a dataset. With ``distributed=True``
-  under ``torchrun`` each rank takes ``indices[rank::world]`` (:class:`ShardSampler`, no padding, so no sample is generated
-  twice), the per-rank results are all-gathered and merged in dataset order, and every
+  under ``torchrun`` each rank takes whole boundaries ``r::world`` (:class:`BoundaryShardSampler`, no
+  padding, so no sample is generated twice), the per-rank results are all-gathered and merged in dataset order, and every
   (boundary, type) appears exactly once. Every rank gets the full list. Reused by the trainer's
   validation.
 * :func:`run_evaluation` — what ``evaluate.py --cfg-path`` runs: model + checkpoint, dataset of the
@@ -16,33 +16,15 @@ from __future__ import annotations
 import inspect
 import logging
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from llmva_gebc import dist
+from llmva_gebc.data.samplers import BoundaryShardSampler, boundary_groups
 
 logger = logging.getLogger(__name__)
-
-
-class ShardSampler(Sampler):
-    """Indices ``rank, rank + world, ...`` of ``range(n)``: disjoint shards that cover every index once.
-
-    Unlike ``DistributedSampler`` nothing is padded, so shards may differ in length by one; fine for
-    generation (no collective inside the loop).
-    """
-
-    def __init__(self, n: int, rank: int = 0, world_size: int = 1) -> None:
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} not in [0, {world_size})")
-        self.n, self.rank, self.world_size = int(n), int(rank), int(world_size)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.n, self.world_size))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.world_size))
 
 
 def _model_device(model: Any) -> Optional[torch.device]:
@@ -92,14 +74,17 @@ def generate_predictions(model: Any, dataset: Dataset, batch_size: int, collate_
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     show = progress and dist.is_main_process()
     shard = torch.utils.data.Subset(dataset, order)
-    loader = DataLoader(shard, batch_size=batch_size, sampler=ShardSampler(len(order), rank, world),
+    # Whole boundaries per rank (no padding): each sample once, and a boundary's three prompts share a
+    # batch (for run.share_prefix) when batch_size is a multiple of 3.
+    sampler = BoundaryShardSampler(boundary_groups(shard), rank, world)
+    loader = DataLoader(shard, batch_size=batch_size, sampler=sampler,
                         collate_fn=collate_fn or _default_collate(dataset), num_workers=num_workers)
     device = _model_device(model)
     was_training = bool(getattr(model, "training", False))
     if hasattr(model, "eval"):
         model.eval()
     mine: List[tuple] = []  # (position in `order`, boundary_id, type, caption)
-    positions = iter(ShardSampler(len(order), rank, world))
+    positions = iter(sampler)
     try:
         bar = tqdm(loader, desc=desc, disable=not show, dynamic_ncols=True)
         for batch in bar:
@@ -216,6 +201,8 @@ def run_evaluation(cfg: Any, ckpt: Optional[str] = None, split: str = "val", rep
     name = select_dataset(cfg, split)
     dataset = build_eval_dataset(cfg, split, name)
     model = build_model(cfg.model, device=_device_for(cfg))  # loads model.checkpoint when set
+    if hasattr(model, "set_share_prefix"):
+        model.set_share_prefix(bool(cfg.run.share_prefix))
     if ckpt:
         from llmva_gebc.models.checkpoint import load_trainable
 
@@ -233,5 +220,5 @@ def run_evaluation(cfg: Any, ckpt: Optional[str] = None, split: str = "val", rep
     return metrics
 
 
-__all__ = ["ShardSampler", "generate_predictions", "run_evaluation", "write_outputs", "build_eval_dataset",
+__all__ = ["generate_predictions", "run_evaluation", "write_outputs", "build_eval_dataset",
            "select_dataset", "run_dir_of"]

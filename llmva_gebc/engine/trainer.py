@@ -260,8 +260,17 @@ class Runner:
         if self.collate_fn is None:
             self.collate_fn = _default_collate()
         train_ds = self._datasets["train"]
-        self.sampler = dist.EpochBatchSampler(len(train_ds), run.batch_size_train, self.rank, self.world,
-                                              seed=run.seed, shuffle=True)
+        if hasattr(model, "set_share_prefix"):
+            model.set_share_prefix(bool(run.share_prefix))
+        if getattr(model, "share_prefix", False):
+            # A boundary's three caption types stay in one batch so the shared prefix runs once.
+            from llmva_gebc.data.samplers import BoundaryBatchSampler, boundary_groups
+
+            self.sampler = BoundaryBatchSampler(boundary_groups(train_ds), run.batch_size_train, self.rank,
+                                                self.world, seed=run.seed, shuffle=True)
+        else:
+            self.sampler = dist.EpochBatchSampler(len(train_ds), run.batch_size_train, self.rank, self.world,
+                                                  seed=run.seed, shuffle=True)
         self.loader = torch.utils.data.DataLoader(
             dist.SeededDataset(train_ds), batch_sampler=self.sampler, collate_fn=self.collate_fn,
             num_workers=run.num_workers, pin_memory=self.device.type == "cuda",
