@@ -114,3 +114,15 @@ def test_lora_dropout_follows_train_mode_while_llm_stays_eval(tiny_cfg_factory):
     assert all(m.training for m in drops) and not model.llm.base_model.model.model.decoder.layers[0].training
     model.eval()
     assert not any(m.training for m in drops)
+
+
+def test_repetition_penalty_is_batch_invariant(tiny_cfg_factory):
+    """HF would skip the penalty on as many generated tokens as a row has left padding; we do not."""
+    torch.manual_seed(2)
+    cfg = tiny_cfg_factory("opt")
+    model = build_model(cfg.model).eval()
+    batch = make_batch(cfg.model, 4, seed=11, with_caption=False)
+    kw = dict(num_beams=2, max_new_tokens=8, repetition_penalty=3.0)
+    caps = model.generate(batch, **kw)
+    assert [model.generate(select(batch, [i]), **kw)[0] for i in range(4)] == caps
+    assert caps != model.generate(batch, num_beams=2, max_new_tokens=8)  # the penalty does act

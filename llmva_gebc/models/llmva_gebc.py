@@ -255,13 +255,33 @@ class LLMVAGEBC(nn.Module):
         for i, p in enumerate(prefixes):
             embeds[i, L - p.shape[0]:] = p
             attn[i, L - p.shape[0]:] = 1
-        g = self.generation_kwargs(**overrides)
+        g = with_batch_invariant_penalty(self.generation_kwargs(**overrides))
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
         out = self.llm.generate(
             inputs_embeds=embeds, attention_mask=attn, do_sample=False, num_return_sequences=1,
             eos_token_id=self.eos_id, pad_token_id=pad, bos_token_id=self.bos_id, **g,
         )  # (B, new) — only the new tokens when generating from inputs_embeds
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+
+def with_batch_invariant_penalty(g: Dict[str, Any]) -> Dict[str, Any]:
+    """Generation kwargs whose repetition penalty covers every generated token of every row.
+
+    From ``inputs_embeds``, Hugging Face's own processor skips, in each row, as many generated tokens
+    as that row has left padding, so a sample's caption would depend on its batch-mates. A batch of
+    one (the original's per-sample result) has no padding: the penalty covers all generated tokens;
+    this makes every batch do that. (``min_length`` counts the prompt, as in the original; with the
+    default of 1 it constrains nothing.)"""
+    rp = g.get("repetition_penalty")
+    if rp is None or float(rp) == 1.0:
+        return g
+    from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+    g = dict(g)
+    procs = LogitsProcessorList(g.pop("logits_processor", None) or [])
+    procs.append(RepetitionPenaltyLogitsProcessor(float(rp), prompt_ignore_length=0))
+    g["repetition_penalty"], g["logits_processor"] = 1.0, procs
+    return g
 
 
 # ---------------------------------------------------------------------- builder

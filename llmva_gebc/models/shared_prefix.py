@@ -284,18 +284,9 @@ def shared_generate(model: "LLMVAGEBC", batch: Dict[str, Any], **overrides) -> L
     if m is not None:
         want = max(int(m) - max(lay.full_prompt_len), 0)
         g["min_length"] = want + P + T if want > 0 else 0
-    # HF derives the repetition penalty's ignored prefix from the 2-D mask's left padding and applies it
-    # to input_ids, which hold only NEW tokens with inputs_embeds: the reference therefore skips the
-    # first (L_ref - its prompt length) generated tokens of each row. Reproduce that exactly.
-    rp = g.get("repetition_penalty")
-    if rp is not None and float(rp) != 1.0:
-        from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+    from llmva_gebc.models.llmva_gebc import with_batch_invariant_penalty
 
-        L_ref = max(lay.full_prompt_len)
-        ignore = torch.tensor([L_ref - n for n in lay.full_prompt_len], device=dev).repeat_interleave(beams)
-        procs = LogitsProcessorList(g.pop("logits_processor", None) or [])
-        procs.append(RepetitionPenaltyLogitsProcessor(float(rp), prompt_ignore_length=ignore))
-        g["repetition_penalty"], g["logits_processor"] = 1.0, procs
+    g = with_batch_invariant_penalty(g)  # the same penalty semantics as the unshared path
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else model.eos_id
     res = model.llm.generate(
         inputs_embeds=embeds, attention_mask=mask, cache=cache, do_sample=False, num_return_sequences=1,
