@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -47,7 +48,12 @@ def test_quick_benchmark_writes_table_plot_and_positive_flops(tmp_path):
     # A GPU section from an earlier run must survive a CPU rerun.
     out.parent.mkdir()
     out.write_text("<!-- bench-section:cuda-test-card -->\n## GPU: test card\n<!-- /bench-section:cuda-test-card -->\n")
-    res = main(["--quick", "--device", "cpu", "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
+    levels = {n: logging.getLogger(n).level for n in ("transformers", "llmva_gebc")}
+    try:
+        res = main(["--quick", "--device", "cpu", "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
+    finally:  # main() quiets these loggers for its own table; later tests need their warnings
+        for n, lvl in levels.items():
+            logging.getLogger(n).setLevel(lvl)
     text = out.read_text()
     assert "## CPU:" in text and "(quick mode)" in text
     assert "## GPU: test card" in text  # the other device's section is kept

@@ -146,12 +146,15 @@ def test_nan_loss_skip_policy_counts(tmp_path):
     assert all(torch.isfinite(p).all() for _, p in r.model.trainable_parameters())
 
 
-def test_bf16_autocast_and_fp16_fallback_on_cpu(tmp_path, caplog):
+def test_bf16_autocast_and_fp16_falls_back_to_fp32_on_cpu(tmp_path, caplog):
     cfg = toy_config(tmp_path, max_epoch=1, amp="fp16")
     with caplog.at_level("WARNING", logger="llmva_gebc.train"):
         r = _run(cfg)
-    assert r.amp_dtype == torch.bfloat16 and not r.scaler.is_enabled()
+    assert r.amp_dtype is None and not r.scaler.is_enabled()
     assert "fp16 is not useful on CPU" in caplog.text
+    assert all(p.dtype == torch.float32 for _, p in r.model.trainable_parameters())
+    r = _run(toy_config(tmp_path / "bf16", max_epoch=1, amp="bf16"))
+    assert r.amp_dtype == torch.bfloat16 and not r.scaler.is_enabled()
     assert all(p.dtype == torch.float32 for _, p in r.model.trainable_parameters())
 
 
