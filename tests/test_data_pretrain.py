@@ -86,7 +86,8 @@ def test_cc3m(tmp_path):
     ds = DATASETS.build("cc3m", _cfg(tmp_path, annotations={"train": "filter_cap.json"}), "train", training=True)
     assert len(ds) == 1
     s = ds[0]
-    _check(s, 1)
+    _check(s, 3)  # the image repeated to vis_processor.num_frames
+    assert torch.equal(s["frames"][0], s["frames"][2])
     assert s["caption"] == "a white wall"
     (tmp_path / "bad.json").write_text(json.dumps([{"image_id": "GCC_1"}]))
     with pytest.raises(DataError, match=r"bad\.json: entry 0 is missing key 'caption'"):

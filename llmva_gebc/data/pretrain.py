@@ -1,7 +1,7 @@
 """Pretraining / instruction datasets on raw frames: WebVid, CC3M, VideoChat-instruct.
 
 Every sample has the keys of a GEBC sample so the same collater and model take it:
-``frames`` (T, 3, S, S) float (T = 1 for images), ``prompt``, ``caption`` (the target text),
+``frames`` (T, 3, S, S) float (images: the image repeated T times), ``prompt``, ``caption`` (the target text),
 ``ref_points`` = [0.5, 1.0] float64 (a neutral "whole clip" boundary), ``boundary_id`` = ``video_id``
 = the sample id, ``type`` = "caption", ``label`` = "", ``timestamp`` = ``duration`` = None.
 
@@ -13,7 +13,8 @@ Layouts (``datasets.<name>`` fields in brackets):
   (``shards``, a brace pattern) holding ``<key>.mp4`` + ``<key>.txt``; read map-style by indexing
   the tar members once.
 * ``cc3m``: ``annotations[split]`` = ``filter_cap.json``, a list of ``{image_id, caption}``; images at
-  ``<images_dir or root/image>/<image_id>.jpg``.
+  ``<images_dir or root/image>/<image_id>.jpg``, repeated to ``vis_processor.num_frames`` frames (1 gives
+  Video-LLaMA's single frame; the video datasets' T lets images and videos share a batch).
 * ``videochat_instruct``: ``annotations[split]`` = a JSON list of ``{video, QA: [{q, a}, ...]}`` (one
   sample per QA pair; prompt = the question) or ``{video, caption}`` (detailed descriptions; prompt =
   ``prompt`` or the default caption prompt); videos at ``<videos_dir or root>/<video>``.
@@ -68,7 +69,8 @@ class MediaCaptionDataset(Dataset):
                     img = np.array(im.convert("RGB"))  # (H, W, 3), writable copy
             except Exception as e:
                 raise DataError(f"{self.name}: cannot read image {it['path']}: {type(e).__name__}: {e}") from None
-            return self.processor(img[None])  # (1, 3, S, S)
+            # The image repeated num_frames times, so image and video samples can share a batch.
+            return self.processor(np.repeat(img[None], self.num_frames, axis=0))  # (T, 3, S, S)
         if "tar" in it:
             with open(it["tar"], "rb") as f:
                 f.seek(it["offset"])
@@ -198,7 +200,7 @@ def build_cc3m(ds_cfg: Any, split: str, *, training: bool, name: str = "cc3m", *
                 raise DataError(f"{path}: entry {i} is missing key '{key}'")
         iid = str(row["image_id"])
         items.append({"id": iid, "caption": row["caption"], "prompt": prompt, "path": str(idir / f"{iid}.jpg")})
-    return MediaCaptionDataset(_keep_existing(items, name, split), processor, 1, "image", name)
+    return MediaCaptionDataset(_keep_existing(items, name, split), processor, _n, "image", name)
 
 
 # --------------------------------------------------------------------------------------- videochat
