@@ -126,3 +126,19 @@ def test_repetition_penalty_is_batch_invariant(tiny_cfg_factory):
     caps = model.generate(batch, **kw)
     assert [model.generate(select(batch, [i]), **kw)[0] for i in range(4)] == caps
     assert caps != model.generate(batch, num_beams=2, max_new_tokens=8)  # the penalty does act
+
+
+@pytest.mark.parametrize("arch", ["opt", "llama"])
+def test_loss_with_trimmed_lm_head_equals_full_hf_loss(tiny_cfg_factory, arch):
+    """The LM head runs on caption positions only; the loss (and gradient) equal HF's full-sequence loss."""
+    torch.manual_seed(4)
+    cfg = tiny_cfg_factory(arch)
+    model = build_model(cfg.model).eval()
+    batch = make_batch(cfg.model, 5, seed=9)
+    loss = model(batch)["loss"]
+    (g_fast,) = torch.autograd.grad(loss, [model.adapter.proj.weight])
+    model._logits_to_keep_ok = False  # the plain HF path: logits everywhere, HF's own loss
+    ref = model(batch)["loss"]
+    (g_ref,) = torch.autograd.grad(ref, [model.adapter.proj.weight])
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+    torch.testing.assert_close(g_fast, g_ref, rtol=1e-5, atol=1e-7)

@@ -226,8 +226,33 @@ class LLMVAGEBC(nn.Module):
             embeds[i, : s.shape[0]] = s
             attn[i, : s.shape[0]] = 1
             tgt[i, : len(lab)] = torch.tensor(lab, device=self.device)
-        out = self.llm(inputs_embeds=embeds, attention_mask=attn, labels=tgt, use_cache=False)
-        return {"loss": out.loss}
+        return {"loss": self.caption_loss(embeds, attn, tgt)}
+
+    def caption_loss(self, embeds: torch.Tensor, attn: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean token cross-entropy over the labelled positions (per token, as Hugging Face's loss).
+
+        The LM head only runs from the first position that predicts a caption token on
+        (``logits_to_keep``): the prefix (BOS, "Video:", visual tokens, prompt) is most of the sequence
+        and its logits were a fifth of a base-size step's FLOPs and most of its peak memory.
+        """
+        L = labels.shape[1]
+        labelled = (labels != -100).any(dim=0).nonzero()
+        start = max(int(labelled[0]) - 1, 0) if len(labelled) else L - 1  # first position with a target
+        if not self._supports_logits_to_keep():
+            return self.llm(inputs_embeds=embeds, attention_mask=attn, labels=labels, use_cache=False).loss
+        logits = self.llm(inputs_embeds=embeds, attention_mask=attn, use_cache=False,
+                          logits_to_keep=L - start).logits  # (B, L-start, V): positions start..L-1
+        targets = labels[:, start + 1:]  # (B, L-start-1): the token after each kept position
+        return nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                                           targets.reshape(-1), ignore_index=-100)
+
+    def _supports_logits_to_keep(self) -> bool:
+        if not hasattr(self, "_logits_to_keep_ok"):
+            import inspect
+
+            base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+            self._logits_to_keep_ok = "logits_to_keep" in inspect.signature(base.forward).parameters
+        return self._logits_to_keep_ok
 
     # ------------------------------------------------------------------ generation
     def generation_kwargs(self, **overrides) -> Dict[str, Any]:
