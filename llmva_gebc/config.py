@@ -14,7 +14,6 @@ arguments to them.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path

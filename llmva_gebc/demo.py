@@ -20,24 +20,23 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 log = logging.getLogger("llmva_gebc.demo")
 
-SUB_KEYS = {"subject": "Subject", "status_before": "Status_Before", "status_after": "Status_After"}
 
 
 def constant_baseline(train_ann: Path, val_ann: Path) -> Dict[str, float]:
     """Score the most frequent train caption per type on val (the best constant-caption baseline)."""
     from llmva_gebc.data.gebc import TYPES, load_annotations
-    from llmva_gebc.eval.metrics import score_captions
+    from llmva_gebc.eval.metrics import SUBMISSION_KEYS, score_captions
     from llmva_gebc.eval.submission import references_from_annotations
 
     counts = {t: collections.Counter() for t in TYPES}
     for b in load_annotations(train_ann, with_captions=True):
         for t in TYPES:
             counts[t][b["references"][t]] += 1
-    const = {SUB_KEYS[t]: counts[t].most_common(1)[0][0] for t in TYPES}
+    const = {SUBMISSION_KEYS[t]: counts[t].most_common(1)[0][0] for t in TYPES}
     refs = references_from_annotations(val_ann)
     metrics = score_captions({bid: dict(const) for bid in refs}, refs)
     metrics["captions"] = const
@@ -52,7 +51,7 @@ def run_demo(out: str | os.PathLike, config: str = "train_configs/demo.yaml", nu
              lm_steps: int = 300, options: Sequence[str] = ()) -> Dict[str, float]:
     from llmva_gebc.config import load_config
     from llmva_gebc.data import synthetic
-    from llmva_gebc.data.gebc import load_annotations
+    from llmva_gebc.data.gebc import TYPES, load_annotations
     from llmva_gebc.data.processors import build_processor
     from llmva_gebc.engine.evaluator import run_evaluation
     from llmva_gebc.engine.trainer import train
@@ -90,7 +89,7 @@ def run_demo(out: str | os.PathLike, config: str = "train_configs/demo.yaml", nu
     if Path(cfg.model.llm.path).resolve() == llm_dir and not (llm_dir / "llmva_demo_pretrained").is_file():
         boundaries = [{"label": b["label"], **b["references"]} for b in load_annotations(ann.train, with_captions=True)]
         make_tiny_llm(llm_dir, arch="opt", hidden_size=128, num_layers=2, num_heads=4, seed=seed,
-                      extra_corpus=[str(b[t]) for b in boundaries for t in SUB_KEYS])
+                      extra_corpus=[str(b[t]) for b in boundaries for t in TYPES])
         n_vis = int(cfg.model.adapter.num_query_tokens) + (
             int(cfg.model.adapter.other_num_query_tokens) if cfg.model.adapter.other_feats else 0)
         losses = pretrain_slot_reader(llm_dir, boundaries, n_vis, steps=lm_steps, seed=seed)

@@ -24,13 +24,11 @@ Rows whose media file is missing are dropped at build time with a logged count.
 from __future__ import annotations
 
 import csv
-import io
 import logging
-import os
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import numpy as np
 import torch

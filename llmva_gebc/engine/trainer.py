@@ -23,16 +23,13 @@ import contextlib
 import inspect
 import json
 import logging
-import math
 import os
 import platform
 import random
 import subprocess
-import sys
 import time
-import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch

@@ -35,7 +35,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -43,11 +42,11 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from llmva_gebc.data.gebc import TYPES  # the caption types, in order
+
 logger = logging.getLogger(__name__)
 
-# The caption types, in order (same as ``llmva_gebc.data.gebc.TYPES``; repeated here so that scoring
-# a submission does not import the data stack), and their keys in a challenge submission.
-TYPES = ("subject", "status_before", "status_after")
+# Each caption type's key in a challenge submission.
 SUBMISSION_KEYS = {"subject": "Subject", "status_before": "Status_Before", "status_after": "Status_After"}
 
 SPICE_LIB_ENV = "LLMVA_SPICE_LIB"
