@@ -5,7 +5,7 @@ per sample, so results do not depend on batch-mates). ``ref_points`` keep their 
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -34,4 +34,16 @@ def collate_gebc(samples: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     return batch
 
 
-__all__ = ["collate_gebc"]
+def collate_for(dataset: Any) -> Callable[[Sequence[Dict[str, Any]]], Dict[str, Any]]:
+    """The dataset's own ``collater`` if it has one, else :func:`collate_gebc`."""
+    return getattr(dataset, "collater", None) or collate_gebc
+
+
+def to_device(batch: Dict[str, Any], device: Optional[torch.device]) -> Dict[str, Any]:
+    """Move a batch's tensors to ``device`` (None: leave them where they are)."""
+    if device is None:
+        return batch
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+__all__ = ["collate_gebc", "collate_for", "to_device"]

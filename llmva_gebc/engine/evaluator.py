@@ -16,12 +16,14 @@ from __future__ import annotations
 import inspect
 import logging
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, List, Mapping, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from llmva_gebc import dist
+from llmva_gebc.data.collate import collate_for, to_device
+from llmva_gebc.data.gebc import resolve_path
 from llmva_gebc.data.samplers import BoundaryShardSampler, boundary_groups
 
 logger = logging.getLogger(__name__)
@@ -35,21 +37,6 @@ def _model_device(model: Any) -> Optional[torch.device]:
         for p in model.parameters():
             return p.device
     return None
-
-
-def _to_device(batch: Dict[str, Any], device: Optional[torch.device]) -> Dict[str, Any]:
-    if device is None:
-        return batch
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def _default_collate(dataset: Dataset) -> Callable:
-    fn = getattr(dataset, "collater", None)
-    if fn is not None:
-        return fn
-    from llmva_gebc.data.collate import collate_gebc
-
-    return collate_gebc
 
 
 @torch.no_grad()
@@ -78,7 +65,7 @@ def generate_predictions(model: Any, dataset: Dataset, batch_size: int, collate_
     # batch (for run.share_prefix) when batch_size is a multiple of 3.
     sampler = BoundaryShardSampler(boundary_groups(shard), rank, world)
     loader = DataLoader(shard, batch_size=batch_size, sampler=sampler,
-                        collate_fn=collate_fn or _default_collate(dataset), num_workers=num_workers)
+                        collate_fn=collate_fn or collate_for(dataset), num_workers=num_workers)
     device = _model_device(model)
     was_training = bool(getattr(model, "training", False))
     if hasattr(model, "eval"):
@@ -88,7 +75,7 @@ def generate_predictions(model: Any, dataset: Dataset, batch_size: int, collate_
     try:
         bar = tqdm(loader, desc=desc, disable=not show, dynamic_ncols=True)
         for batch in bar:
-            captions = model.generate(_to_device(batch, device), **dict(generate_kwargs or {}))
+            captions = model.generate(to_device(batch, device), **dict(generate_kwargs or {}))
             ids, types = batch["boundary_id"], batch["type"]
             if len(captions) != len(ids):
                 raise RuntimeError(f"model.generate returned {len(captions)} captions for a batch of {len(ids)}")
@@ -156,7 +143,7 @@ def _device_for(cfg: Any) -> torch.device:
 
 
 def write_outputs(run_dir: Path, split: str, predictions: List[dict], boundaries: Sequence[Mapping],
-                  *, report: bool = False, videos_dir: Optional[str] = None, report_max_boundaries: int = 100,
+                  *, report: bool = False, videos_dir: Optional[str | Path] = None, report_max_boundaries: int = 100,
                   spice: object = "auto") -> Optional[dict]:
     """Predictions, submission (json + pkl) and, with references, metrics (+ report). Returns metrics."""
     from llmva_gebc.eval.metrics import score_captions
@@ -184,13 +171,6 @@ def write_outputs(run_dir: Path, split: str, predictions: List[dict], boundaries
     return metrics
 
 
-def _resolve(root: Optional[str], p: Optional[str]) -> Optional[str]:
-    if p is None:
-        return None
-    path = Path(str(p)).expanduser()
-    return str(path if root is None or path.is_absolute() else Path(str(root)).expanduser() / path)
-
-
 def run_evaluation(cfg: Any, ckpt: Optional[str] = None, split: str = "val", report: Optional[bool] = None,
                    progress: bool = True) -> Optional[dict]:
     """Evaluate ``cfg``'s model on ``split``; returns the metrics (rank 0, when references exist)."""
@@ -214,7 +194,7 @@ def run_evaluation(cfg: Any, ckpt: Optional[str] = None, split: str = "val", rep
     if dist.is_main_process():
         report = bool(cfg.run.report) if report is None else report
         metrics = write_outputs(run_dir_of(cfg), split, predictions, dataset.boundaries, report=report,
-                                videos_dir=_resolve(cfg.datasets[name].root, cfg.datasets[name].videos_dir),
+                                videos_dir=resolve_path(cfg.datasets[name].root, cfg.datasets[name].videos_dir),
                                 report_max_boundaries=int(cfg.run.report_max_boundaries))
     dist.barrier()
     return metrics

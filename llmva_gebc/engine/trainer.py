@@ -37,6 +37,7 @@ from omegaconf import DictConfig
 
 from llmva_gebc import dist
 from llmva_gebc.config import check_resolved, save_config
+from llmva_gebc.data.collate import collate_for, to_device
 from llmva_gebc.engine import checkpointing as ckpt
 from llmva_gebc.engine.optim import build_optimizer, build_scheduler, schedule_kwargs
 from llmva_gebc.registry import DATASETS, RUNNERS
@@ -133,12 +134,6 @@ def build_split(cfg: DictConfig, split: str, training: bool, required: bool):
     return parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
 
 
-def _default_collate():
-    from llmva_gebc.data.collate import collate_gebc
-
-    return collate_gebc
-
-
 def _evaluator():
     """(generate_predictions, score_captions, submission module) when the eval code is installed."""
     try:
@@ -158,10 +153,6 @@ def agg_metric(metrics: Dict[str, Any], key: str) -> float:
     if metrics.get(key) is None:
         raise KeyError(f"run.best_metric={key!r} is not among the validation metrics {sorted(metrics)}")
     return float(metrics[key])
-
-
-def _to_device(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
 def _boundary_ids(batch: Dict[str, Any]) -> List[str]:
@@ -256,9 +247,9 @@ class Runner:
                 "val": build_split(self.cfg, run.valid_splits[0], False, False) if run.valid_splits else None,
                 "test": build_split(self.cfg, run.test_splits[0], False, False) if run.test_splits else None,
             }
-        if self.collate_fn is None:
-            self.collate_fn = _default_collate()
         train_ds = self._datasets["train"]
+        if self.collate_fn is None:
+            self.collate_fn = collate_for(train_ds)
         if hasattr(model, "set_share_prefix"):
             model.set_share_prefix(bool(run.share_prefix))
         if getattr(model, "share_prefix", False):
@@ -388,7 +379,7 @@ class Runner:
         t_last, samples_since = time.perf_counter(), 0
         for b_idx, batch in enumerate(self.loader, start=self.batch_in_epoch):
             last_micro = (b_idx + 1) % accum == 0 or b_idx + 1 == self.batches_per_epoch
-            batch = _to_device(batch, self.device)
+            batch = to_device(batch, self.device)
             with dist.no_grad_sync(self.model, enabled=not last_micro):
                 with self._autocast():
                     loss = self.model(batch)["loss"]  # scalar
@@ -450,7 +441,7 @@ class Runner:
         total = torch.zeros(2, dtype=torch.float64)
         for real, batch in zip(shard.real, loader):
             with self._autocast():
-                loss = fwd(_to_device(batch, self.device))["loss"]
+                loss = fwd(to_device(batch, self.device))["loss"]
             total += torch.tensor([float(loss) * real, real], dtype=torch.float64)
         total = dist.all_reduce_sum(total)
         return float(total[0] / max(total[1], 1))

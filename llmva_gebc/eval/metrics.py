@@ -78,8 +78,10 @@ def caption_of(entry: Mapping, ctype: str, where: str = "") -> str:
     raise MetricsError(f"{where}missing caption '{SUBMISSION_KEYS[ctype]}' (keys: {sorted(entry)})")
 
 
-def _few(ids: Sequence[str], k: int = 5) -> str:
-    shown = ", ".join(repr(i) for i in list(ids)[:k])
+def _few(ids: Sequence, k: int = 5, quote: bool = True) -> str:
+    """The first ``k`` of ``ids`` for an error message, and how many there are in all."""
+    ids = list(ids)
+    shown = ", ".join(repr(i) if quote else str(i) for i in ids[:k])
     return shown + (f", ... ({len(ids)} in all)" if len(ids) > k else "")
 
 

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
-from llmva_gebc.eval.metrics import SUBMISSION_KEYS, TYPES
+from llmva_gebc.eval.metrics import SUBMISSION_KEYS, TYPES, _few
 
 KEYS = tuple(SUBMISSION_KEYS[t] for t in TYPES)  # ("Subject", "Status_Before", "Status_After")
 _WS = re.compile(r"\s+")
@@ -29,12 +29,6 @@ _WS = re.compile(r"\s+")
 
 class SubmissionError(ValueError):
     """A submission or prediction list that does not fit the challenge format."""
-
-
-def _few(ids: Sequence, k: int = 5, quote: bool = True) -> str:
-    ids = list(ids)
-    shown = ", ".join(repr(i) if quote else str(i) for i in ids[:k])
-    return shown + (f", ... ({len(ids)} in all)" if len(ids) > k else "")
 
 
 def sanitize_caption(s: Optional[str]) -> str:
