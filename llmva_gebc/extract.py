@@ -87,11 +87,14 @@ def extract_features(
     save_dtype: str = "float32",
     progress: bool = True,
     write_report: bool = True,
+    read: Optional[Callable[[Path], np.ndarray]] = None,
 ) -> Dict[str, Any]:
     """Extract (T, Q, H) tokens for each video into ``out_dir/<stem>.npy``; returns the report dict.
 
-    ``encoder``: frames (N, 3, S, S) -> (N, Q, H) with ``.device`` and ``.dtype``. Failures are
-    recorded (``report["failed"]``) and the run goes on.
+    ``encoder``: frames (N, 3, S, S) -> (N, Q, H) with ``.device`` and ``.dtype`` (or (N, d): any
+    per-frame output, saved per video as (T, ...)). ``read``: path -> uint8 (T, H, W, 3) frames of one
+    video (default ``read_frames(path, num_frames)``). Failures are recorded (``report["failed"]``)
+    and the run goes on.
     """
     from tqdm import tqdm
 
@@ -140,7 +143,8 @@ def extract_features(
                 report["skipped"] += 1
                 continue
             try:
-                frames = processor(read_frames(path, num_frames))  # (T, 3, S, S)
+                raw = read(path) if read is not None else read_frames(path, num_frames)  # (T, h, w, 3)
+                frames = processor(raw)  # (T, 3, S, S)
             except Exception as e:
                 report["failed"].append({"video": str(path), "error": f"{type(e).__name__}: {e}"})
                 continue
