@@ -23,7 +23,8 @@ What a caption is computed from, and why it equals the evaluator's caption of th
   prev/next are the neighbouring boundaries (sorted by time), with 0 before the first and the clip's
   duration after the last, which is how the GEBC annotation defines them.
 * **duration**: given explicitly, else the dataset's ``video_info`` when it lists the video id (what
-  the evaluator uses), else probed from the file (PyAV stream duration, or frames / fps).
+  the evaluator uses), else measured on the file: the decoded frames' timestamps (not the header,
+  which browser recordings leave empty and truncated files overstate).
 * **generation**: ``model.generate`` with the config's ``model.generation`` settings (batch-invariant,
   so batching does not change a caption).
 """
@@ -39,10 +40,10 @@ import numpy as np
 import torch
 
 from llmva_gebc.data.gebc import (
-    LABELS, TYPES, DataError, build_prompt, load_annotations, load_feature_array, read_json, reference_points,
+    LABELS, TYPES, DataError, boundary_time_problem, build_prompt, check_q_tokens, load_annotations, load_feature_array, read_json, reference_points,
     resample_nearest, resolve_path,
 )
-from llmva_gebc.data.video import VideoDecodeError, read_frames
+from llmva_gebc.data.video import VideoDecodeError, probe_video, read_frames
 
 log = logging.getLogger(__name__)
 
@@ -64,40 +65,10 @@ def canonical_label(label: str) -> str:
 
 
 def probe_duration(path: str | os.PathLike) -> float:
-    """Duration of a video file in seconds (PyAV stream/container duration, else frames / fps)."""
-    path = Path(path)
-    if not path.is_file():
-        raise VideoDecodeError(f"video file not found: {path}")
-    errors = []
-    try:
-        import av
-
-        with av.open(str(path)) as c:
-            if not c.streams.video:
-                raise ValueError("no video stream")
-            s = c.streams.video[0]
-            if s.duration is not None and s.time_base is not None and s.duration > 0:
-                return float(s.duration * s.time_base)
-            if c.duration:
-                return c.duration / 1_000_000  # av.time_base is microseconds
-            if s.frames and s.average_rate:
-                return s.frames / float(s.average_rate)
-            raise ValueError("the file states no duration")
-    except ImportError as e:
-        errors.append(f"pyav: not installed ({e})")
-    except Exception as e:  # av.error.InvalidDataError and friends
-        errors.append(f"pyav: {type(e).__name__}: {e}")
-    try:
-        import decord
-
-        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-        return len(vr) / float(vr.get_avg_fps())
-    except ImportError as e:
-        errors.append(f"decord: not installed ({e})")
-    except Exception as e:
-        errors.append(f"decord: {type(e).__name__}: {e}")
-    raise VideoDecodeError(f"cannot read the duration of video {path}: "
-                           + "; ".join(e.splitlines()[0][:300] for e in errors))
+    """Duration of a video file in seconds, from its decoded frames' timestamps
+    (:func:`~llmva_gebc.data.video.probe_video`): right also for files whose header states none
+    (browser/webcam WebM and MKV) and for truncated files (the part that decodes)."""
+    return probe_video(path).duration
 
 
 def resolve_boundaries(boundaries: Sequence[BoundarySpec], duration: float, labels: Optional[Sequence[str]] = None,
@@ -107,8 +78,9 @@ def resolve_boundaries(boundaries: Sequence[BoundarySpec], duration: float, labe
     A spec is a timestamp (seconds) or an annotation-like mapping (``timestamp`` and optionally
     ``prev_timestamp``, ``next_timestamp``, ``label``, ``boundary_id``). Missing prev/next come from
     the neighbouring timestamps (0 and ``duration`` at the ends). ``labels``: one per boundary, or one
-    for all; default: the mapping's label, else ``DEFAULT_LABEL``. Every timestamp must satisfy
-    0 < t < duration.
+    for all; default: the mapping's label, else ``DEFAULT_LABEL``. Every boundary must pass
+    :func:`~llmva_gebc.data.gebc.boundary_time_problem` (0 < t < duration, 0 <= prev <= t <= next <=
+    duration), the rule the dataset applies to annotation files; ``where`` names the video in errors.
     """
     if not boundaries:
         raise CaptionError("no boundaries given")
@@ -129,9 +101,11 @@ def resolve_boundaries(boundaries: Sequence[BoundarySpec], duration: float, labe
             t = float(t)
         except (TypeError, ValueError):
             raise CaptionError(f"boundary {i}: timestamp must be a number of seconds, got {t!r}") from None
-        if not (math.isfinite(t) and 0 < t < duration):
-            raise CaptionError(f"boundary timestamp {t:g} s is outside the clip{where} (duration {duration:g} s): "
-                               f"each boundary must satisfy 0 < t < {duration:g}")
+        if not math.isfinite(t):
+            raise CaptionError(f"boundary {i}: timestamp must be a finite number of seconds, got {t!r}")
+        problem = boundary_time_problem(t, 0.0, duration, duration)  # inside the clip, before neighbours matter
+        if problem:
+            raise CaptionError(f"boundary '{s.get('boundary_id', f'{video_id}_{i}')}' at {t:g} s{where}: {problem}")
         times.append(t)
     if len(set(times)) != len(times):
         raise CaptionError(f"duplicate boundary timestamps in {times}")
@@ -139,12 +113,19 @@ def resolve_boundaries(boundaries: Sequence[BoundarySpec], duration: float, labe
     out = []
     for i, (s, t) in enumerate(zip(specs, times)):
         k = ordered.index(t)
-        prev = s.get("prev_timestamp", ordered[k - 1] if k > 0 else 0.0)
-        nxt = s.get("next_timestamp", ordered[k + 1] if k + 1 < len(ordered) else duration)
+        bid = s.get("boundary_id", f"{video_id}_{i}")
+        try:
+            prev = float(s.get("prev_timestamp", ordered[k - 1] if k > 0 else 0.0))
+            nxt = float(s.get("next_timestamp", ordered[k + 1] if k + 1 < len(ordered) else duration))
+        except (TypeError, ValueError):
+            raise CaptionError(f"boundary '{bid}': prev/next timestamps must be numbers of seconds") from None
+        problem = boundary_time_problem(t, prev, nxt, duration)  # the dataset's rule
+        if problem:
+            raise CaptionError(f"boundary '{bid}' at {t:g} s{where}: {problem}")
         # a label the caller chose must be one of the five; an annotation entry's label is used as is
         label = canonical_label(labels[i]) if labels is not None else s.get("label") or DEFAULT_LABEL
-        out.append({"boundary_id": s.get("boundary_id", f"{video_id}_{i}"), "timestamp": t,
-                    "prev_timestamp": float(prev), "next_timestamp": float(nxt), "label": str(label)})
+        out.append({"boundary_id": bid, "timestamp": t, "prev_timestamp": prev, "next_timestamp": nxt,
+                    "label": str(label)})
     return out
 
 
@@ -227,12 +208,16 @@ class Captioner:
         return self._video_info
 
     def duration_of(self, video_path: str | os.PathLike) -> Tuple[float, str]:
-        """(duration in seconds, where it came from): the dataset's video_info, else the file."""
+        """(duration in seconds, where it came from): the dataset's video_info, else the decoded file."""
         vid = Path(video_path).stem
         info = self.video_info()
         if vid in info and info[vid] is not None:
             return float(info[vid]), f"video_info {self.video_info_path}"
-        return probe_duration(video_path), "video file"
+        probe = probe_video(video_path)
+        if probe.shortfall():  # say so in a boundary error: the frames past the cut do not exist
+            return probe.duration, (f"decoded frames: only {probe.frames} frames, {probe.duration:.2f} s, decode; "
+                                    f"its header declares {probe.declared()}")
+        return probe.duration, "decoded frames"
 
     def encode_video(self, video_path: str | os.PathLike) -> torch.Tensor:
         """Decode T frames uniformly, process and encode them: float32 (T, Q, H) on the CPU.
@@ -250,10 +235,9 @@ class Captioner:
         cached = self.cached_features_path(vid) if use_cache else None
         if cached is not None:
             arr = load_feature_array(cached)
-            Q, H = int(self.cfg.model.encoder.num_query_tokens), int(self.cfg.model.adapter.hidden_size)
-            if arr.ndim != 3 or arr.shape[1:] != (Q, H):
-                raise DataError(f"features file {cached}: expected shape (T, {Q}, {H}) for this config, "
-                                f"got {tuple(arr.shape)}")
+            m = self.cfg.model
+            check_q_tokens(arr, cached, queries=int(m.encoder.num_query_tokens), hidden=int(m.adapter.hidden_size),
+                           max_frames=int(m.adapter.max_frame_pos))  # as the evaluation dataset checks it
             return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)), f"cache {cached}"
         return self.encode_video(video_path), "decoded video"
 
@@ -339,7 +323,7 @@ class Captioner:
         if duration is None:
             duration, src = self.duration_of(video_path)
         # check the timestamps before the (possibly slow) decoding and encoding
-        resolve_boundaries(boundaries, duration, labels, video_id=vid, where=f" {video_path}")
+        resolve_boundaries(boundaries, duration, labels, video_id=vid, where=f" of {video_path} (duration from {src})")
         q, feat_src = self.features(video_path, use_cache=use_cache)
         log.info("%s: duration %.3f s (%s), features from %s", video_path, duration, src, feat_src)
         return self.caption_features(q, boundaries, duration, labels, video_id=vid)

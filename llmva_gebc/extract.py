@@ -8,10 +8,13 @@
   not apply to per-video features and is ignored here with a warning).
 * Encoder: ``build_encoder(cfg.model.encoder)``; frames of several videos are batched together
   (``--batch-size`` frames per forward).
-* Resumable: a video whose ``.npy`` exists is skipped. Each ``.npy`` is written to a temporary file
-  in the output folder and renamed into place, so an interrupted run never leaves a partial file.
-* A video that fails (missing, corrupt, encoder error) is recorded in ``<out>/extract_report.json``
-  (``{"failed": [{"video", "error"}], ...}``) and the run goes on; the exit status is 1 if any failed.
+* Resumable: a video whose ``.npy`` exists and reads back as (T, Q, H) finite numbers is skipped; one
+  that does not (e.g. a 0-byte file another tool left) is redone and listed under ``"redone"``. Each
+  ``.npy`` is written to a temporary file in the output folder and renamed into place, so an
+  interrupted run never leaves a partial file.
+* A video that fails (missing, corrupt, truncated: fewer frames decode than its header declares,
+  encoder error) is recorded in ``<out>/extract_report.json`` (``{"failed": [{"video", "error"}],
+  ...}``) and the run goes on; the exit status is 1 if any failed.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from llmva_gebc.data.gebc import VIDEO_EXTS, find_video
+from llmva_gebc.data.gebc import VIDEO_EXTS, DataError, check_q_tokens, find_video, load_feature_array
 from llmva_gebc.data.video import read_frames
 
 logger = logging.getLogger(__name__)
@@ -50,6 +53,20 @@ def _write_report(report: Dict[str, Any], out_dir: Path) -> Path:
     tmp.write_text(json.dumps(report, indent=1))
     os.replace(tmp, path)
     return path
+
+
+def output_problem(path: Path, num_frames: int, encoder: Any) -> Optional[str]:
+    """Why an existing ``<id>.npy`` cannot count as done (unreadable, half-written, wrong shape,
+    non-finite values), or None. Expected shape: (``num_frames``, Q, H), Q and H taken from the
+    encoder when it tells them (``query_tokens``, ``hidden_size``)."""
+    q = getattr(encoder, "query_tokens", None)
+    try:
+        check_q_tokens(load_feature_array(path), path, frames=num_frames,
+                       queries=int(q.shape[1]) if isinstance(q, torch.Tensor) else None,
+                       hidden=getattr(encoder, "hidden_size", None))
+    except DataError as e:
+        return str(e)
+    return None
 
 
 def list_videos(videos_dir: str | os.PathLike, list_file: Optional[str | os.PathLike] = None) -> List[Path]:
@@ -101,7 +118,7 @@ def extract_features(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     np_dtype = {"float32": np.float32, "float16": np.float16}[save_dtype]
-    report: Dict[str, Any] = {"videos": len(video_paths), "extracted": 0, "skipped": 0, "failed": [],
+    report: Dict[str, Any] = {"videos": len(video_paths), "extracted": 0, "skipped": 0, "failed": [], "redone": [],
                               "frames": 0, "seconds": 0.0, "out_dir": str(out_dir)}
     pending: List[Tuple[str, torch.Tensor]] = []  # (video id, frames (T, 3, S, S))
     t0 = time.perf_counter()
@@ -139,9 +156,14 @@ def extract_features(
         for path in tqdm(list(video_paths), desc="extract", unit="video", disable=not progress):
             path = Path(path)
             vid = path.stem
-            if not overwrite and (out_dir / f"{vid}.npy").is_file():
-                report["skipped"] += 1
-                continue
+            out = out_dir / f"{vid}.npy"
+            if not overwrite and out.is_file():
+                problem = output_problem(out, num_frames, encoder)
+                if problem is None:
+                    report["skipped"] += 1
+                    continue
+                logger.warning("redoing %s: %s", vid, problem)
+                report["redone"].append({"video": vid, "reason": problem})
             try:
                 raw = read(path) if read is not None else read_frames(path, num_frames)  # (T, h, w, 3)
                 frames = processor(raw)  # (T, 3, S, S)
@@ -202,7 +224,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            save_dtype=a.save_dtype, progress=not a.no_progress)
     secs = max(rep["seconds"], 1e-9)
     print(
-        f"extract: {rep['extracted']} extracted, {rep['skipped']} skipped (already done), {len(rep['failed'])} failed"
+        f"extract: {rep['extracted']} extracted ({len(rep['redone'])} over a bad existing output),"
+        f" {rep['skipped']} skipped (already done), {len(rep['failed'])} failed"
         f" of {rep['videos']} in {rep['seconds']:.1f}s ({rep['extracted'] / secs:.2f} videos/s,"
         f" {rep['frames'] / secs:.1f} frames/s); report: {Path(a.out) / REPORT_NAME}"
     )

@@ -131,7 +131,7 @@ def test_resolve_boundaries_neighbours_order_and_errors():
     assert [r["label"] for r in resolve_boundaries([1, 2], 3.0, labels=["multiple", "Change of Color"])] == \
         ["Multiple", "Change of Color"]
     for bad, msg in [([0.0], "outside the clip"), ([10.0], "outside the clip"), ([-1], "outside the clip"),
-                     ([float("nan")], "outside the clip"), (["x"], "must be a number"), ([2.0, 2.0], "duplicate")]:
+                     ([float("nan")], "finite number"), (["x"], "must be a number"), ([2.0, 2.0], "duplicate")]:
         with pytest.raises(CaptionError, match=msg):
             resolve_boundaries(bad, 10.0)
     with pytest.raises(CaptionError, match="unknown boundary label 'Change of Mood'"):

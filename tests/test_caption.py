@@ -66,8 +66,8 @@ def test_errors_are_clear(clip, tmp_path, capsys, case):
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video" * 20)
     args, msg = {
         "missing": ([tmp_path / "nothere.mp4", "--boundaries", "1.0"], "video file not found: .*nothere.mp4"),
-        "corrupt": ([bad, "--boundaries", "1.0"], "cannot read the duration of video .*broken.mp4"),
-        "outside": ([video, "--boundaries", "1.0,99"], r"99 s is outside the clip .*\.mp4 \(duration [0-9.]+ s\)"),
+        "corrupt": ([bad, "--boundaries", "1.0"], "cannot decode video .*broken.mp4"),
+        "outside": ([video, "--boundaries", "1.0,99"], r"boundary '\w+_1' at 99 s of .*\.mp4 \(duration from .*\): t=99 s is outside the clip \(duration [0-9.]+ s\)"),
         "negative": ([video, "--boundaries", "-0.5"], "outside the clip"),
         "label": ([video, "--boundaries", "1.0", "--labels", "Change of Mood"], "unknown boundary label"),
         "nlabels": ([video, "--boundaries", "1.0,2.0", "--labels", "multiple,multiple,multiple"], "3 labels for 2"),

@@ -34,7 +34,6 @@ import json
 import logging
 import math
 import os
-import pickle
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -43,6 +42,7 @@ import torch
 from torch.utils.data import Dataset
 
 from llmva_gebc.registry import DATASETS
+from llmva_gebc.safe_pickle import load_pickle
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,28 @@ def build_prompt(label: str, caption_type: str) -> str:
 
 def video_id_of(boundary_id: str) -> str:
     return boundary_id[:11]
+
+
+TIME_TOLERANCE = 0.1  # s: video_info durations are rounded (real test boundary: next 8.608 s, duration 8.6 s)
+
+
+def boundary_time_problem(timestamp: float, prev_timestamp: float, next_timestamp: float,
+                          duration: float) -> Optional[str]:
+    """Why a boundary's times are impossible, or None. The one rule of the dataset, API and CLI.
+
+    The boundary itself must lie inside the clip, ``0 < t < duration``, and its segment around it
+    must satisfy ``0 <= prev <= t <= next <= duration``, the clip's ends with a tolerance of
+    ``TIME_TOLERANCE`` s (rounded durations). Otherwise a reference point falls outside [0, 1].
+    """
+    t, p, n, d, tol = float(timestamp), float(prev_timestamp), float(next_timestamp), float(duration), TIME_TOLERANCE
+    if not all(math.isfinite(x) for x in (t, p, n, d)):
+        return f"times must be finite numbers (t={t:g}, prev={p:g}, next={n:g}, duration={d:g})"
+    if not 0 < t < d:
+        return f"t={t:g} s is outside the clip (duration {d:g} s): a boundary needs 0 < t < duration"
+    if not (-tol <= p <= t <= n <= d + tol):
+        return (f"prev={p:g} s, t={t:g} s, next={n:g} s, duration {d:g} s break 0 <= prev <= t <= next <= duration "
+                f"(clip ends +-{tol:g} s)")
+    return None
 
 
 def reference_points(timestamp: float, prev_timestamp: float, next_timestamp: float, duration: float) -> torch.Tensor:
@@ -145,6 +167,9 @@ def load_annotations(path: str | os.PathLike, with_captions: bool) -> List[Dict[
                     raise DataError(f"{path}: boundary '{bid}' is missing key '{key}'")
             if not isinstance(bid, str) or len(bid) < 11:
                 raise DataError(f"{path}: boundary under '{vid}' has a bad 'boundary_id' {bid!r}")
+            if video_id_of(bid) != vid:
+                raise DataError(f"{path}: boundary_id '{bid}' (video part '{video_id_of(bid)}') sits under video key "
+                                f"'{vid}'; a boundary id is its video's 11-character id followed by '_<n>'")
             if bid in seen:
                 raise DataError(f"{path}: duplicate boundary_id '{bid}'")
             seen.add(bid)
@@ -172,19 +197,49 @@ def load_annotations(path: str | os.PathLike, with_captions: bool) -> List[Dict[
 
 
 def load_feature_array(path: Path) -> np.ndarray:
-    """Read a .npy or .pkl array (a pickled ndarray / list / tensor)."""
+    """Read a numeric array from ``.npy`` or ``.pkl`` (a pickled ndarray or list of numbers).
+
+    ``.npy`` is read without pickles; ``.pkl`` through :func:`llmva_gebc.safe_pickle.load_pickle`
+    (``"array"``: numpy arrays only, nothing in the file runs). Every path (training, evaluation, the
+    caption API, extraction's skip check) reads features here, so every one refuses the same files.
+
+    Raises ``DataError`` naming the file: unreadable or truncated file, a refused pickle global, a
+    non-numeric array, or non-finite values (NaN/inf), which would silently give empty captions.
+    """
     try:
         if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False)
-        with open(path, "rb") as f:
-            obj = pickle.load(f)
-    except Exception as e:  # corrupt file: name it
+            obj = np.load(path, allow_pickle=False)
+        else:
+            obj = load_pickle(path, "array")
+        arr = np.asarray(obj)
+    except Exception as e:  # corrupt, truncated or refused file: name it
         raise DataError(f"cannot read features file {path}: {type(e).__name__}: {e}") from None
-    if isinstance(obj, torch.Tensor):
-        obj = obj.float().numpy()
-    if isinstance(obj, dict):
-        raise DataError(f"features file {path} holds a dict (keys {sorted(obj)[:5]}); expected a (t, d) array")
-    return np.asarray(obj)
+    if arr.dtype.kind not in "fiub":
+        raise DataError(f"features file {path} holds {type(obj).__name__} of dtype {arr.dtype}; expected a numeric array")
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise DataError(f"features file {path} holds {int(bad.sum())} non-finite values (NaN/inf), the first at "
+                            f"index {first}; re-extract it (python -m llmva_gebc.extract --overwrite)")
+    return arr
+
+
+def check_q_tokens(arr: np.ndarray, path: Path, frames: Optional[int] = None, queries: Optional[int] = None,
+                   hidden: Optional[int] = None, max_frames: Optional[int] = None) -> None:
+    """Raise ``DataError`` naming ``path`` unless ``arr`` is (T, Q, H) with the expected sizes.
+
+    ``frames``: the exact T wanted (None: any); ``max_frames``: the model's limit on T
+    (``model.adapter.max_frame_pos``, the size of its frame position table).
+    """
+    exp = (frames or "T", queries or "Q", hidden or "H")
+    if not (arr.ndim == 3 and all(isinstance(e, str) or e == g for e, g in zip(exp, arr.shape))):
+        raise DataError(
+            f"features file {path} (key 'q_tokens'): expected shape ({', '.join(map(str, exp))}), got {tuple(arr.shape)}"
+        )
+    if max_frames is not None and arr.shape[0] > max_frames:
+        raise DataError(f"features file {path} has T={arr.shape[0]} frames but the model takes at most "
+                        f"{max_frames} (model.adapter.max_frame_pos); extract with num_frames <= {max_frames}")
 
 
 def find_video(videos_dir: Path, video_id: str) -> Optional[Path]:
@@ -212,6 +267,7 @@ class GEBCDataset(Dataset):
         expected_hidden: Optional[int] = None,
         expected_queries: Optional[int] = None,
         expected_frames: Optional[int] = None,
+        max_frames: Optional[int] = None,
         use_raw_video: bool = False,
         videos_dir: Optional[str | os.PathLike] = None,
         processor=None,
@@ -227,6 +283,7 @@ class GEBCDataset(Dataset):
         self.expected_hidden = expected_hidden
         self.expected_queries = expected_queries
         self.expected_frames = expected_frames
+        self.max_frames = max_frames
         self.use_raw_video = use_raw_video
         self.processor = processor
         self.num_frames = num_frames
@@ -240,6 +297,9 @@ class GEBCDataset(Dataset):
                 raise DataError("use_raw_video needs 'videos_dir' (datasets.<name>.videos_dir)")
             if processor is None:
                 raise DataError("use_raw_video needs an image processor (datasets.<name>.vis_processor)")
+            if max_frames is not None and num_frames > max_frames:
+                raise DataError(f"vis_processor.num_frames={num_frames} but the model takes at most {max_frames} frames "
+                                "(model.adapter.max_frame_pos)")
             self.videos_dir: Optional[Path] = Path(videos_dir)
             self.features_dir: Optional[Path] = None
         else:
@@ -270,6 +330,7 @@ class GEBCDataset(Dataset):
         self.sample_boundary_index: List[int] = []
         self._paths: Dict[str, Dict[str, Path]] = {}
         reasons = {"no duration": 0, "no features": 0}
+        bad_times: List[str] = []
         for rec in records:
             vid = rec["video_id"]
             duration = video_info.get(vid)
@@ -287,6 +348,10 @@ class GEBCDataset(Dataset):
                     reasons["no features"] += 1
                 else:
                     self._paths[vid] = paths
+            if duration is not None:
+                problem = boundary_time_problem(rec["timestamp"], rec["prev_timestamp"], rec["next_timestamp"], duration)
+                if problem:
+                    bad_times.append(f"'{rec['boundary_id']}': {problem}")
             rec = dict(rec, duration=duration, available=available)
             bidx = len(self.boundaries)
             self.boundaries.append(rec)
@@ -294,6 +359,9 @@ class GEBCDataset(Dataset):
                 for t in TYPES:
                     self.samples.append((bidx, t))
                     self.sample_boundary_index.append(bidx)
+        if bad_times:
+            raise DataError(f"{self.annotation_path}: {len(bad_times)} boundaries with impossible times (durations from "
+                            f"{video_info_path}): {'; '.join(bad_times[:5])}{' ...' if len(bad_times) > 5 else ''}")
         self.num_unavailable = sum(reasons.values())
         if self.num_unavailable:
             what = "skipped for training" if training else "listed without samples (empty captions in a submission)"
@@ -333,12 +401,7 @@ class GEBCDataset(Dataset):
     # ------------------------------------------------------------------ loading inputs
     def _load_q_tokens(self, path: Path) -> torch.Tensor:
         arr = load_feature_array(path)
-        exp = (self.expected_frames or "T", self.expected_queries or "Q", self.expected_hidden or "H")
-        ok = arr.ndim == 3 and all(isinstance(e, str) or e == g for e, g in zip(exp, arr.shape))
-        if not ok:
-            raise DataError(
-                f"features file {path} (key 'q_tokens'): expected shape ({', '.join(map(str, exp))}), got {tuple(arr.shape)}"
-            )
+        check_q_tokens(arr, path, self.expected_frames, self.expected_queries, self.expected_hidden, self.max_frames)
         return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))  # (T, Q, H)
 
     def _load_other(self, of: Dict[str, Any], path: Path) -> np.ndarray:
@@ -436,6 +499,7 @@ def build_gebc(
     expected_hidden: Optional[int] = None,
     expected_queries: Optional[int] = None,
     expected_frames: Optional[int] = None,
+    max_frames: Optional[int] = None,
     expected_other_feats: Optional[Sequence[Mapping[str, Any]]] = None,
     name: str = "gebc",
 ) -> GEBCDataset:
@@ -444,7 +508,8 @@ def build_gebc(
     Reads ``root`` (prefix of relative paths), ``annotations[split]``, ``video_info``, ``features_dir``
     or (``use_raw_video``) ``videos_dir`` + ``vis_processor``, ``other_feats`` and ``max_seq_len``.
     ``expected_hidden``/``expected_queries``/``expected_frames`` (from the model config:
-    ``adapter.hidden_size``, ``encoder.num_query_tokens``) are checked against each features file;
+    ``adapter.hidden_size``, ``encoder.num_query_tokens``) and ``max_frames`` (the model's limit on T,
+    ``adapter.max_frame_pos``) are checked against each features file;
     ``expected_other_feats`` (``model.adapter.other_feats``) against ``other_feats``.
     """
     root = _get(ds_cfg, "root")
@@ -477,6 +542,7 @@ def build_gebc(
         expected_hidden=expected_hidden,
         expected_queries=expected_queries,
         expected_frames=expected_frames,
+        max_frames=max_frames,
         use_raw_video=use_raw,
         videos_dir=resolve_path(root, _get(ds_cfg, "videos_dir")),
         processor=processor,
@@ -488,5 +554,5 @@ def build_gebc(
 
 __all__ = [
     "TYPES", "LABELS", "DataError", "GEBCDataset", "build_gebc", "build_prompt", "reference_points",
-    "resample_nearest", "load_annotations", "video_id_of", "read_json", "resolve_path",
+    "resample_nearest", "load_annotations", "load_feature_array", "boundary_time_problem", "TIME_TOLERANCE", "check_q_tokens", "video_id_of", "read_json", "resolve_path",
 ]

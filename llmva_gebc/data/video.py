@@ -12,12 +12,21 @@ Frame choice (``sample_indices``):
 
 Frames come back at their stored size as uint8 (T, H, W, 3) RGB; resizing to 224 and normalising is
 the processor's job (``llmva_gebc.data.processors``).
+
+Trust what decodes, not what the header says: the frame count n is that of the decoded frames
+(PyAV decodes the whole stream; decord reads every packet when it opens a file and refuses a
+truncated one). A file that decodes to clearly fewer frames than its header declares (a truncated
+upload) raises ``TruncatedVideoError`` with both counts instead of sampling the T frames from the
+part that survived. ``probe_video`` gives the decoded frame count and duration (from the decoded
+timestamps), also for WebM/MKV recordings whose header states neither. Metadata that is not valid
+UTF-8 is ignored.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -26,6 +35,10 @@ BACKENDS = ("decord", "pyav")
 
 class VideoDecodeError(RuntimeError):
     """A video that is missing or cannot be decoded; the message names the file."""
+
+
+class TruncatedVideoError(VideoDecodeError):
+    """A video whose data stops well before what its header declares; the message gives both counts."""
 
 
 def sample_indices(
@@ -54,9 +67,112 @@ def sample_indices(
     return [lo + (i * n) // num_frames for i in range(num_frames)]
 
 
+TRUNCATION_TOLERANCE = 0.05  # a file may decode this fraction fewer frames than it declares (min. 2)
+
+
+@dataclass(frozen=True)
+class DecodedVideo:
+    """What the video stream of a file decodes to, next to what its header declares.
+
+    ``frames``: frames that decode; ``duration``: seconds from the decoded timestamps (first frame's
+    start to last frame's end); ``declared_frames``/``declared_duration``: the header's frame count and
+    video-stream duration, None where it states none (WebM/MKV from browser and webcam recorders).
+    """
+
+    path: str
+    frames: int
+    duration: float
+    fps: Optional[float]
+    declared_frames: Optional[int]
+    declared_duration: Optional[float]
+    error: Optional[str] = None  # the decoder error that ended decoding early, if any
+
+    def shortfall(self) -> Optional[str]:
+        """A message when clearly fewer frames decode than the header declares (a truncated file), else None.
+
+        "Clearly": more than ``max(2, TRUNCATION_TOLERANCE * declared)`` frames short, or (no frame
+        count declared) more than ``max(2 / fps, TRUNCATION_TOLERANCE * declared)`` seconds short.
+        """
+        short = False
+        if self.declared_frames:
+            short = self.declared_frames - self.frames > max(2, TRUNCATION_TOLERANCE * self.declared_frames)
+        elif self.declared_duration:
+            slack = max(2 / self.fps if self.fps else 0.1, TRUNCATION_TOLERANCE * self.declared_duration)
+            short = self.declared_duration - self.duration > slack
+        if not short:
+            return None
+        return (f"video {self.path} is truncated or corrupt: {self.frames} frames ({self.duration:.2f} s) decode but "
+                f"its header declares {self.declared()}" + (f" (decoder: {self.error})" if self.error else ""))
+
+    def declared(self) -> str:
+        """The header's claims in words, e.g. ``"48 frames, 4.00 s"``."""
+        return ", ".join(x for x in (f"{self.declared_frames} frames" if self.declared_frames else "",
+                                     f"{self.declared_duration:.2f} s" if self.declared_duration else "") if x) or "nothing"
+
+
+def _decode_pyav(path: str, keep: bool) -> Tuple[List[np.ndarray], DecodedVideo]:
+    """Decode every frame PyAV can; RGB arrays only when ``keep``. Stops at the first demuxer/decoder error.
+
+    Metadata that is not valid UTF-8 (some real AVI files) is ignored rather than refused.
+    """
+    import av
+
+    frames: List[np.ndarray] = []
+    times: List[float] = []
+    n, last_len, error = 0, None, None
+    with av.open(path, metadata_errors="ignore") as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        fps = float(stream.average_rate) if stream.average_rate else None
+        try:
+            for frame in container.decode(stream):
+                n += 1
+                if keep:
+                    frames.append(frame.to_ndarray(format="rgb24"))
+                if frame.time is not None:
+                    times.append(float(frame.time))
+                    if frame.duration and frame.time_base is not None:
+                        last_len = float(frame.duration * frame.time_base)
+        except av.FFmpegError as e:  # truncated/corrupt data: what decoded so far is the clip
+            error = f"{type(e).__name__}: {e}"
+        declared_frames = int(stream.frames) or None
+        declared_duration = (float(stream.duration * stream.time_base)
+                             if stream.duration and stream.time_base is not None else None)
+    step = last_len or (1.0 / fps if fps else 0.0)
+    if times:
+        duration = max(times) - min(times) + step
+    else:
+        duration = n / fps if fps else 0.0
+    info = DecodedVideo(path, n, duration, fps, declared_frames, declared_duration, error)
+    return frames, info
+
+
+def probe_video(path: str | os.PathLike) -> DecodedVideo:
+    """Decode the whole video stream with PyAV (no colour conversion): decoded frames and duration.
+
+    Raises ``VideoDecodeError`` naming the file when it is missing or nothing decodes. A truncated
+    file is returned as is (see :meth:`DecodedVideo.shortfall`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VideoDecodeError(f"video file not found: {path}")
+    try:
+        _, info = _decode_pyav(str(path), keep=False)
+    except Exception as e:  # av.error.* on open
+        raise VideoDecodeError(f"cannot decode video {path}: pyav: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
+                               ) from None
+    if info.frames == 0:
+        raise VideoDecodeError(f"cannot decode video {path}: no frame decodes" + (f" ({info.error})" if info.error else ""))
+    return info
+
+
 def _read_decord(path: str, num_frames: int, sampling: str, boundary, window) -> np.ndarray:
     import decord
 
+    # decord reads every packet on open (to index the key frames), so a truncated file fails here and
+    # goes to PyAV, which counts what decodes
     vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
     idx = sample_indices(len(vr), num_frames, sampling, vr.get_avg_fps(), boundary, window)
     out = vr.get_batch(idx)
@@ -64,16 +180,13 @@ def _read_decord(path: str, num_frames: int, sampling: str, boundary, window) ->
 
 
 def _read_pyav(path: str, num_frames: int, sampling: str, boundary, window) -> np.ndarray:
-    import av
-
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]  # decode all: exact count
-        fps = float(stream.average_rate) if stream.average_rate else None
+    frames, info = _decode_pyav(path, keep=True)  # decode all: the exact count of what decodes
     if not frames:
-        raise ValueError("no frames decoded")
-    idx = sample_indices(len(frames), num_frames, sampling, fps, boundary, window)
+        raise ValueError("no frames decoded" + (f" ({info.error})" if info.error else ""))
+    short = info.shortfall()
+    if short:
+        raise TruncatedVideoError(short)
+    idx = sample_indices(len(frames), num_frames, sampling, info.fps, boundary, window)
     return np.stack([frames[i] for i in idx])
 
 
@@ -100,6 +213,8 @@ def read_frames(
         except ImportError as e:
             errors.append(f"{b}: not installed ({e})")
             continue
+        except TruncatedVideoError:
+            raise  # both backends read the same file: the counts say it all
         except (ValueError,) as e:
             if "sampling" in str(e) or "num_frames" in str(e):
                 raise
@@ -116,4 +231,5 @@ def read_frames(
     raise VideoDecodeError(f"cannot decode video {path}: " + "; ".join(e.splitlines()[0][:300] for e in errors))
 
 
-__all__ = ["read_frames", "sample_indices", "VideoDecodeError", "BACKENDS"]
+__all__ = ["read_frames", "probe_video", "sample_indices", "DecodedVideo", "VideoDecodeError", "TruncatedVideoError",
+           "BACKENDS", "TRUNCATION_TOLERANCE"]

@@ -125,6 +125,7 @@ def build_eval_dataset(cfg: Any, split: str, name: Optional[str] = None) -> Data
         "name": name,
         "expected_hidden": cfg.model.adapter.hidden_size if "adapter" in cfg.model else None,
         "expected_queries": cfg.model.encoder.num_query_tokens if "encoder" in cfg.model else None,
+        "max_frames": cfg.model.adapter.max_frame_pos if "adapter" in cfg.model else None,
         "expected_other_feats": list(cfg.model.adapter.other_feats) if "adapter" in cfg.model else None,
     }
     params = inspect.signature(builder).parameters

@@ -127,6 +127,7 @@ def build_split(cfg: DictConfig, split: str, training: bool, required: bool):
             continue
         extra = {"name": name, "expected_hidden": cfg.model.adapter.hidden_size,
                  "expected_queries": cfg.model.encoder.num_query_tokens,
+                 "max_frames": cfg.model.adapter.max_frame_pos,
                  "expected_other_feats": as_plain(cfg.model.adapter.other_feats)}
         parts.append(_call_builder(DATASETS.get(ds_cfg.builder), ds_cfg, split, training, extra))
     if not parts:

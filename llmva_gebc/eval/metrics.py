@@ -67,6 +67,16 @@ class MetricsError(ValueError):
 
 
 # ------------------------------------------------------------------------------------ inputs
+def text_problem(text: str) -> Optional[str]:
+    """Why ``text`` cannot go to the tokenizer (a lone UTF-16 surrogate, e.g. JSON ``"\\ud800"``,
+    has no UTF-8 encoding and crashes the PTB tokenizer's Java call), or None when it can."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"holds a lone surrogate {text[e.start]!r} at character {e.start}, which is not valid Unicode text"
+    return None
+
+
 def caption_of(entry: Mapping, ctype: str, where: str = "") -> str:
     """The ``ctype`` caption of one boundary entry, keyed ``Subject`` (submission) or ``subject``."""
     for key in (SUBMISSION_KEYS[ctype], ctype):
@@ -74,6 +84,9 @@ def caption_of(entry: Mapping, ctype: str, where: str = "") -> str:
             value = entry[key]
             if not isinstance(value, str):
                 raise MetricsError(f"{where}caption '{key}' must be a string, got {type(value).__name__}")
+            problem = text_problem(value)
+            if problem:
+                raise MetricsError(f"{where}caption '{key}' {problem}")
             return value
     raise MetricsError(f"{where}missing caption '{SUBMISSION_KEYS[ctype]}' (keys: {sorted(entry)})")
 
@@ -337,6 +350,6 @@ def per_boundary_rouge(predictions: Mapping[str, Mapping[str, str]], references:
 
 __all__ = [
     "TYPES", "SUBMISSION_KEYS", "MetricsError", "score_captions", "per_boundary_rouge", "headline_score",
-    "ptb_tokenize", "find_spice_lib", "spice_command", "run_spice", "java_major_version", "caption_of",
+    "ptb_tokenize", "text_problem", "find_spice_lib", "spice_command", "run_spice", "java_major_version", "caption_of",
     "pycocoevalcap_spice_dir", "SPICE_INSTALL_HINT",
 ]

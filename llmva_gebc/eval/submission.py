@@ -21,7 +21,8 @@ import re
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
-from llmva_gebc.eval.metrics import SUBMISSION_KEYS, TYPES, _few
+from llmva_gebc.eval.metrics import SUBMISSION_KEYS, TYPES, _few, text_problem
+from llmva_gebc.safe_pickle import load_pickle
 
 KEYS = tuple(SUBMISSION_KEYS[t] for t in TYPES)  # ("Subject", "Status_Before", "Status_After")
 _WS = re.compile(r"\s+")
@@ -113,7 +114,12 @@ def write_submission(sub: Mapping, run_dir: str | os.PathLike, split: str) -> tu
 
 
 def load_submission(path: str | os.PathLike) -> dict:
-    """Read a submission from ``.json`` or ``.pkl``/``.pickle`` (only load pickles you trust)."""
+    """Read a submission from ``.json`` or ``.pkl``/``.pickle``.
+
+    A pickle is read with :func:`llmva_gebc.safe_pickle.load_pickle` (``"submission"``: dicts, lists
+    and strings only), so a ``.pkl`` naming any function is refused before anything in it runs.
+    Raises ``SubmissionError`` naming the file (and the refused global).
+    """
     path = Path(path)
     if not path.is_file():
         raise SubmissionError(f"submission file not found: {path}")
@@ -123,12 +129,13 @@ def load_submission(path: str | os.PathLike) -> dict:
             with open(path, encoding="utf-8") as f:
                 sub = json.load(f)
         elif suffix in (".pkl", ".pickle"):
-            with open(path, "rb") as f:
-                sub = pickle.load(f)
+            sub = load_pickle(path, "submission")
         else:
             raise SubmissionError(f"{path}: submission must be .json or .pkl, got '{suffix}'")
-    except (json.JSONDecodeError, pickle.UnpicklingError, EOFError, UnicodeDecodeError) as e:
-        raise SubmissionError(f"{path}: cannot read submission: {e}") from None
+    except (json.JSONDecodeError, pickle.UnpicklingError, EOFError, UnicodeDecodeError, ValueError) as e:
+        if isinstance(e, SubmissionError):
+            raise
+        raise SubmissionError(f"{path}: cannot read submission: {type(e).__name__}: {e}") from None
     if not isinstance(sub, dict):
         raise SubmissionError(f"{path}: a submission is a dict {{boundary_id: captions}}, got {type(sub).__name__}")
     return sub
@@ -152,7 +159,7 @@ def validate_submission(sub: Mapping, annotation_ids: Iterable[str], path: str |
         problems.append(f"{len(missing)} boundary ids of the annotations are missing: {_few(missing)}")
     if unknown:
         problems.append(f"{len(unknown)} boundary ids are not in the annotations: {_few(unknown)}")
-    not_dict, bad_keys, bad_vals = [], [], []
+    not_dict, bad_keys, bad_vals, bad_text = [], [], [], []
     for bid, caps in sub.items():
         if not isinstance(caps, Mapping):
             not_dict.append(bid)
@@ -162,12 +169,16 @@ def validate_submission(sub: Mapping, annotation_ids: Iterable[str], path: str |
             continue
         if not all(isinstance(caps[k], str) for k in KEYS):
             bad_vals.append(f"{bid!r} ({', '.join(f'{k}={type(caps[k]).__name__}' for k in KEYS if not isinstance(caps[k], str))})")
+            continue
+        bad_text += [f"{bid!r} ({k} {text_problem(caps[k])})" for k in KEYS if text_problem(caps[k])]
     if not_dict:
         problems.append(f"{len(not_dict)} entries are not dicts of captions: {_few(not_dict)}")
     if bad_keys:
         problems.append(f"{len(bad_keys)} entries do not have exactly the keys {list(KEYS)}: {_few(bad_keys, 3, quote=False)}")
     if bad_vals:
         problems.append(f"{len(bad_vals)} entries have non-string captions: {_few(bad_vals, 3, quote=False)}")
+    if bad_text:
+        problems.append(f"{len(bad_text)} captions are not valid text: {_few(bad_text, 3, quote=False)}")
     if problems:
         raise SubmissionError(where + "invalid submission: " + "; ".join(problems))
 
@@ -178,8 +189,14 @@ def load_annotations(path: str | os.PathLike) -> Dict[str, List[dict]]:
     path = Path(path)
     if not path.is_file():
         raise SubmissionError(f"annotation file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        ann = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            ann = json.load(f)
+    except json.JSONDecodeError as e:  # e.g. a truncated download
+        raise SubmissionError(f"malformed JSON in annotation file {path}: {e.msg} at line {e.lineno} column {e.colno}"
+                              ) from None
+    except UnicodeDecodeError as e:
+        raise SubmissionError(f"annotation file {path} is not UTF-8 text: {e}") from None
     if not isinstance(ann, dict) or not all(isinstance(v, list) for v in ann.values()):
         raise SubmissionError(f"{path}: expected {{youtube_id: [boundary, ...]}}")
     for vid, bs in ann.items():
@@ -208,6 +225,9 @@ def references_from_boundaries(boundaries: Sequence[Mapping], where: str = "") -
     if not all(have):
         bad = [b.get("boundary_id") for b, h in zip(boundaries, have) if not h]
         raise SubmissionError(f"{where}{len(bad)} boundaries lack string captions {list(TYPES)}: {_few(bad)}")
+    bad_text = [f"{b['boundary_id']!r} ({t} {text_problem(b[t])})" for b in boundaries for t in TYPES if text_problem(b[t])]
+    if bad_text:
+        raise SubmissionError(f"{where}{len(bad_text)} reference captions are not valid text: {_few(bad_text, 3, quote=False)}")
     refs = {b["boundary_id"]: {SUBMISSION_KEYS[t]: b[t] for t in TYPES} for b in boundaries}
     if len(refs) != len(boundaries):
         raise SubmissionError(f"{where}duplicate boundary ids in the annotations")

@@ -1,0 +1,485 @@
+"""Bad inputs (issue 12): videos whose headers lie, poisoned features, impossible timestamps, malformed
+ids, broken scoring inputs and pickles that would run code. One test (or more) per numbered case.
+
+Test media are made here with PyAV: tiny (32x24) noise frames, libx264 without B-frames, so the
+frames that survive a cut are exactly the packets whose bytes lie before it.
+"""
+from __future__ import annotations
+
+import ast
+import io
+import json
+import os
+import pickle
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from llmva_gebc.data.video import TruncatedVideoError, VideoDecodeError, probe_video, read_frames
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "train_configs" / "tiny.yaml"
+SAMPLE_VAL = REPO / "tests" / "data" / "valset_highest_f1.sample.json"
+W, H = 32, 24
+
+
+# ------------------------------------------------------------------------------------------ media
+class _NoSeek(io.RawIOBase):
+    """A write-only stream that cannot seek back, as a browser's MediaRecorder: no duration in the header."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        return self.f.write(b)
+
+
+def write_video(path: Path, n: int, fps: int, *, codec: str = "libx264", fmt: str | None = None,
+                container_options: dict | None = None, seekable: bool = True, title: str | None = None) -> Path:
+    import av
+
+    rng = np.random.default_rng(n)
+    opts = {"preset": "veryfast", "threads": "1", "bf": "0"} if codec == "libx264" else {}
+    with open(path, "wb") as raw:
+        with av.open(raw if seekable else _NoSeek(raw), "w", format=fmt or path.suffix[1:].replace("mkv", "matroska"),
+                     options=container_options or {}) as c:
+            if title:
+                c.metadata["title"] = title
+            s = c.add_stream(codec, rate=fps, options=opts)
+            s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+            for _ in range(n):
+                frame = av.VideoFrame.from_ndarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8), format="rgb24")
+                for p in s.encode(frame):
+                    c.mux(p)
+            for p in s.encode():
+                c.mux(p)
+    return path
+
+
+def cut(src: Path, dst: Path, fraction: float) -> int:
+    """Keep the first ``fraction`` of ``src``'s bytes in ``dst``; returns the frames that survive intact
+    (leading packets whose bytes all lie before the cut: the decodable ones without B-frames)."""
+    import av
+
+    data = src.read_bytes()
+    end = int(len(data) * fraction)
+    dst.write_bytes(data[:end])
+    with av.open(str(src)) as c:
+        packets = [(p.pos, p.size) for p in c.demux(c.streams.video[0]) if p.size]
+    intact = 0
+    for pos, size in packets:
+        if pos + size > end:
+            break
+        intact += 1
+    return intact
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    d = tmp_path_factory.mktemp("media")
+    fs = write_video(d / "faststart_full.mp4", 48, 12, container_options={"movflags": "faststart"})
+    six = write_video(d / "six_full.mp4", 60, 10, container_options={"movflags": "faststart"})
+    return {
+        "dir": d,
+        "fs70": (d / "fs70.mp4", cut(fs, d / "fs70.mp4", 0.7)),
+        "six_half": (d / "six_half.mp4", cut(six, d / "six_half.mp4", 0.5)),
+        "webm": write_video(d / "rec.webm", 30, 10, codec="libvpx", seekable=False),
+        "mkv": write_video(d / "cam.mkv", 30, 10, seekable=False),
+    }
+
+
+@pytest.fixture(scope="module")
+def captioner(tiny_llm_dirs, tmp_path_factory):
+    import llmva_gebc
+
+    d = tmp_path_factory.mktemp("cap")
+    (d / "feats").mkdir()
+    (d / "video_info.json").write_text("{}")
+    opts = [f"model.llm.path={tiny_llm_dirs['opt']}", f"datasets.gebc.video_info={d / 'video_info.json'}",
+            f"datasets.gebc.features_dir={d / 'feats'}"]
+    return llmva_gebc.load(TINY, options=opts), ["--cfg-path", str(TINY), "--options", *opts], d / "feats"
+
+
+def run_caption_cli(args, capsys):
+    from llmva_gebc.caption import main
+
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+# ------------------------------------------------------------------------------ 1. truncated files
+def test_truncated_faststart_mp4_counts_what_decodes(media, tmp_path):
+    path, intact = media["fs70"]
+    assert 0 < intact < 48
+    info = probe_video(path)
+    assert (info.frames, info.declared_frames) == (intact, 48)
+    assert info.duration == pytest.approx(intact / 12)
+    assert f"{intact} frames" in info.shortfall() and "declares 48 frames" in info.shortfall()
+    for backend in (None, "pyav"):  # decord refuses the file on open; PyAV then counts the frames
+        with pytest.raises(TruncatedVideoError, match=rf"fs70\.mp4 is truncated .*: {intact} frames .* declares 48 frames"):
+            read_frames(path, 4, backend=backend)
+    # extraction: a failure in the report naming the file and both counts, exit status 1
+    from llmva_gebc.data.processors import build_processor
+    from llmva_gebc.extract import REPORT_NAME, extract_features
+
+    enc = _MeanEncoder()
+    rep = extract_features(enc, [path, media["dir"] / "faststart_full.mp4"], tmp_path, build_processor(None), 4,
+                           progress=False)
+    assert rep["extracted"] == 1 and len(rep["failed"]) == 1
+    failed = json.loads((tmp_path / REPORT_NAME).read_text())["failed"][0]
+    assert failed["video"].endswith("fs70.mp4") and f"{intact} frames" in failed["error"] and "48 frames" in failed["error"]
+    assert not (tmp_path / "fs70.npy").exists()
+
+
+def test_half_cut_clip_boundary_past_last_decodable_frame(media, captioner, capsys):
+    path, intact = media["six_half"]
+    info = probe_video(path)
+    assert info.frames == intact and info.duration == pytest.approx(intact / 10) and info.declared_duration == 6.0
+    _, cli_args, _ = captioner
+    rc, out, err = run_caption_cli([path, "--boundaries", "4.0", *cli_args], capsys)
+    assert rc == 2 and out == ""
+    assert f"boundary 'six_half_0' at 4 s of {path}" in err
+    assert f"{intact} frames, {intact / 10:.2f} s, decode; its header declares 60 frames, 6.00 s" in err
+    # a boundary inside the decodable part still fails: the file itself is truncated
+    rc, _, err = run_caption_cli([path, "--boundaries", "1.0", *cli_args], capsys)
+    assert rc == 2 and f"{intact} frames" in err and "declares 60 frames" in err
+
+
+# -------------------------------------------------------------------------- 2. no duration in header
+@pytest.mark.parametrize("kind", ["webm", "mkv"])
+def test_recordings_without_duration(media, kind):
+    import av
+
+    path = media[kind]
+    with av.open(str(path)) as c:  # what the header states: nothing
+        s = c.streams.video[0]
+        assert c.duration is None and s.duration is None and s.frames == 0
+    info = probe_video(path)
+    assert (info.frames, info.duration, info.declared_frames, info.declared_duration) == (30, pytest.approx(3.0), None, None)
+    assert read_frames(path, 4).shape == (4, H, W, 3)
+
+
+def test_caption_cli_measures_webm_duration(media, captioner, capsys):
+    _, cli_args, _ = captioner
+    rc, out, err = run_caption_cli([media["webm"], "--boundaries", "1.5", "--json", *cli_args], capsys)
+    assert rc == 0, err
+    row = json.loads(out)[0]
+    assert row["duration"] == pytest.approx(3.0) and row["next_timestamp"] == pytest.approx(3.0)
+
+
+# ------------------------------------------------------------------------------ 3. broken metadata
+def test_avi_with_non_utf8_metadata_decodes(tmp_path):
+    import av
+
+    path = write_video(tmp_path / "old.avi", 10, 10, codec="mpeg4", fmt="avi", title="TITLEPLACEHOLDER")
+    data = path.read_bytes()
+    assert data.count(b"TITLEPLACEHOLDER") == 1
+    path.write_bytes(data.replace(b"TITLEPLACEHOLDER", b"caf\xe9 \xff\xfe r\xe9sum\xe9 "))  # Latin-1, not UTF-8
+    with pytest.raises(UnicodeDecodeError):
+        av.open(str(path)).close()  # what PyAV does unless told to ignore metadata errors
+    assert read_frames(path, 3, backend="pyav").shape == (3, H, W, 3)
+    assert probe_video(path).frames == 10
+
+
+# -------------------------------------------------------------------------- 4. half-written outputs
+class _MeanEncoder(torch.nn.Module):
+    """(N, 3, S, S) -> (N, 2, 3) per-frame channel means; tells Q and H as the real encoder does."""
+
+    hidden_size = 3
+
+    def __init__(self):
+        super().__init__()
+        self.query_tokens = torch.nn.Parameter(torch.zeros(1, 2, 3))
+        self.calls = 0
+
+    device = property(lambda self: self.query_tokens.device)
+    dtype = property(lambda self: self.query_tokens.dtype)
+
+    def forward(self, x):
+        self.calls += len(x)
+        return x.mean((2, 3))[:, None, :].expand(-1, 2, -1)
+
+
+def test_extract_checks_existing_outputs_before_skipping(media, tmp_path):
+    from llmva_gebc.data.processors import build_processor
+    from llmva_gebc.extract import extract_features
+
+    d = media["dir"]
+    paths = [d / "faststart_full.mp4", d / "six_full.mp4", media["webm"], media["mkv"]]
+    (tmp_path / "faststart_full.npy").write_bytes(b"")  # 0 bytes, left by a killed tool
+    np.save(tmp_path / "six_full.npy", np.zeros((4, 2, 5), np.float32))  # wrong H
+    bad = np.zeros((4, 2, 3), np.float32)
+    bad[1, 0, 2] = np.nan
+    np.save(tmp_path / "rec.npy", bad)  # NaN
+    np.save(tmp_path / "cam.npy", np.ones((4, 2, 3), np.float32))  # good: skipped
+    enc = _MeanEncoder()
+    rep = extract_features(enc, paths, tmp_path, build_processor(None), 4, progress=False)
+    assert rep["skipped"] == 1 and rep["extracted"] == 3 and rep["failed"] == [] and enc.calls == 12
+    reasons = {r["video"]: r["reason"] for r in rep["redone"]}
+    assert sorted(reasons) == ["faststart_full", "rec", "six_full"]
+    assert "cannot read features file" in reasons["faststart_full"]
+    assert "expected shape (4, 2, 3), got (4, 2, 5)" in reasons["six_full"]
+    assert "1 non-finite values" in reasons["rec"]
+    for p in paths:
+        a = np.load(tmp_path / f"{p.stem}.npy")
+        assert a.shape == (4, 2, 3) and np.isfinite(a).all()
+    assert np.all(np.load(tmp_path / "cam.npy") == 1)  # the good one was not redone
+
+
+# ------------------------------------------------------------------- 5./6. poisoned features, T limit
+def _gebc_cfg(tmp_path: Path, split_files: dict, features_dir: Path, video_info: dict, **kw):
+    from omegaconf import OmegaConf
+
+    from llmva_gebc.config import DatasetConfig
+
+    vi = tmp_path / "video_info.json"
+    vi.write_text(json.dumps(video_info))
+    c = OmegaConf.structured(DatasetConfig)
+    c.annotations = {k: str(v) for k, v in split_files.items()}
+    c.video_info, c.features_dir = str(vi), str(features_dir)
+    for k, v in kw.items():
+        OmegaConf.update(c, k, v, merge=False)
+    return c
+
+
+def _ann(tmp_path: Path, name: str, entries: dict, captions: bool = True) -> Path:
+    data = {vid: [dict(zip(("boundary_id", "prev_timestamp", "timestamp", "next_timestamp"), e), label="Multiple",
+                       **({"subject": "a", "status_before": "b", "status_after": "c"} if captions else {}))
+                  for e in items] for vid, items in entries.items()}
+    p = tmp_path / name
+    p.write_text(json.dumps(data))
+    return p
+
+
+VID_A, VID_B = "aaaaaaaaaaa", "bbbbbbbbbbb"
+
+
+@pytest.mark.parametrize("split,training", [("train", True), ("val", False), ("test", False)])
+def test_nan_features_are_an_error_naming_the_file(tmp_path, split, training):
+    from llmva_gebc.data.gebc import DataError, build_gebc
+
+    feats = tmp_path / "feats"
+    feats.mkdir()
+    np.save(feats / f"{VID_A}.npy", np.zeros((4, 2, 8), np.float32))
+    poisoned = np.zeros((4, 2, 8), np.float32)
+    poisoned[3, 1, 7] = np.nan
+    np.save(feats / f"{VID_B}.npy", poisoned)
+    ann = _ann(tmp_path, f"{split}.json", {VID_A: [(f"{VID_A}_0", 0, 1, 2)], VID_B: [(f"{VID_B}_0", 0, 1, 2)]},
+               captions=split != "test")
+    ds = build_gebc(_gebc_cfg(tmp_path, {split: ann}, feats, {VID_A: 5.0, VID_B: 5.0}), split, training=training)
+    assert ds[0]["q_tokens"].shape == (4, 2, 8)
+    with pytest.raises(DataError, match=rf"features file .*{VID_B}\.npy holds 1 non-finite values .* index \(3, 1, 7\)"):
+        ds[3]
+
+
+def test_nan_and_refused_other_features(tmp_path):
+    from llmva_gebc.config import OtherFeatDataConfig
+    from llmva_gebc.data.gebc import DataError, build_gebc
+
+    feats, other = tmp_path / "feats", tmp_path / "other"
+    feats.mkdir()
+    other.mkdir()
+    for v in (VID_A, VID_B):
+        np.save(feats / f"{v}.npy", np.zeros((4, 2, 8), np.float32))
+    with open(other / f"{VID_A}.pkl", "wb") as f:
+        pickle.dump(np.array([[1.0, np.inf, 2.0]], np.float32), f, protocol=2)
+    with open(other / f"{VID_B}.pkl", "wb") as f:
+        pickle.dump(torch.ones(1, 3), f)  # a torch tensor pickle names torch's rebuild functions
+    ann = _ann(tmp_path, "val.json", {VID_A: [(f"{VID_A}_0", 0, 1, 2)], VID_B: [(f"{VID_B}_0", 0, 1, 2)]})
+    cfg = _gebc_cfg(tmp_path, {"val": ann}, feats, {VID_A: 5.0, VID_B: 5.0})
+    cfg.other_feats = [OtherFeatDataConfig("clip", str(other), 3)]
+    ds = build_gebc(cfg, "val", training=False)
+    with pytest.raises(DataError, match=rf"{VID_A}\.pkl holds 1 non-finite values"):
+        ds[0]
+    with pytest.raises(DataError, match=rf"cannot read features file .*{VID_B}\.pkl: RefusedPickleError: refused global "
+                                        r"'torch\._utils\._rebuild_tensor_v2'"):
+        ds[3]
+
+
+def test_too_many_frames_is_an_error_naming_t_and_the_limit(tmp_path, tiny_cfg_factory, captioner, media):
+    from llmva_gebc.data.gebc import DataError
+    from llmva_gebc.engine.evaluator import build_eval_dataset
+
+    feats = tmp_path / "feats"
+    feats.mkdir()
+    np.save(feats / f"{VID_A}.npy", np.zeros((40, 4, 32), np.float32))  # tiny: Q=4, H=32, max_frame_pos 32
+    ann = _ann(tmp_path, "val.json", {VID_A: [(f"{VID_A}_0", 0, 1, 2)]})
+    vi = tmp_path / "vi.json"
+    vi.write_text(json.dumps({VID_A: 5.0}))
+    cfg = tiny_cfg_factory("opt", f"datasets.gebc.annotations={{val: {ann}}}", f"datasets.gebc.video_info={vi}",
+                           f"datasets.gebc.features_dir={feats}")
+    ds = build_eval_dataset(cfg, "val")
+    msg = rf"features file .*{VID_A}\.npy has T=40 frames but the model takes at most 32 \(model\.adapter\.max_frame_pos\)"
+    with pytest.raises(DataError, match=msg):
+        ds[0]
+    # the caption API reads the same cache through the same check
+    model, _, cache = captioner
+    np.save(cache / "rec.npy", np.zeros((40, 4, 32), np.float32))
+    try:
+        with pytest.raises(DataError, match=r"rec\.npy has T=40 frames but the model takes at most 32"):
+            model.caption(media["webm"], [1.0])
+        np.save(cache / "rec.npy", np.full((4, 4, 32), np.nan, np.float32))
+        with pytest.raises(DataError, match=r"rec\.npy holds 512 non-finite values"):
+            model.caption(media["webm"], [1.0])
+    finally:
+        (cache / "rec.npy").unlink()
+
+
+# ---------------------------------------------------------------------- 7. impossible timestamps
+def test_impossible_timestamps_are_reported_with_file_and_boundary(tmp_path):
+    from llmva_gebc.data.gebc import DataError, TIME_TOLERANCE, boundary_time_problem, build_gebc
+
+    feats = tmp_path / "feats"
+    feats.mkdir()
+    np.save(feats / f"{VID_A}.npy", np.zeros((4, 2, 8), np.float32))
+    ann = _ann(tmp_path, "train.json", {VID_A: [
+        (f"{VID_A}_0", 0, 2.0, 4.0),  # fine
+        (f"{VID_A}_1", 4.0, 15.0, 15.0),  # at duration + 5 s
+        (f"{VID_A}_2", -1.0, -1.0, 2.0),  # at -1 s
+        (f"{VID_A}_3", 6.0, 8.0, 10.0 + TIME_TOLERANCE / 2),  # next within the tolerance: fine
+        (f"{VID_A}_4", 6.0, 5.0, 9.0),  # prev after t
+    ]})
+    with pytest.raises(DataError) as e:
+        build_gebc(_gebc_cfg(tmp_path, {"train": ann}, feats, {VID_A: 10.0}), "train", training=True)
+    msg = str(e.value)
+    assert msg.startswith(f"{ann}: 3 boundaries with impossible times")
+    assert f"'{VID_A}_1': t=15 s is outside the clip (duration 10 s)" in msg
+    assert f"'{VID_A}_2': t=-1 s is outside the clip" in msg
+    assert f"'{VID_A}_4': prev=6 s, t=5 s, next=9 s, duration 10 s break 0 <= prev <= t <= next <= duration" in msg
+    assert "_0'" not in msg and "_3'" not in msg
+    # one rule: the API refuses the same boundaries, with the same words
+    from llmva_gebc.api import CaptionError, resolve_boundaries
+
+    assert boundary_time_problem(2.0, 0, 4.0, 10.0) is None
+    for spec, words in (({"timestamp": 15.0, "prev_timestamp": 4.0, "next_timestamp": 15.0}, "t=15 s is outside the clip"),
+                        ({"timestamp": 5.0, "prev_timestamp": 6.0, "next_timestamp": 9.0}, "break 0 <= prev <= t")):
+        with pytest.raises(CaptionError, match=words):
+            resolve_boundaries([spec], 10.0)
+
+
+def test_real_annotations_pass_the_timestamp_and_id_rules():
+    """Every boundary of the real val and test files satisfies the rules (incl. next 8.608 s in an 8.6 s clip)."""
+    from llmva_gebc.data.gebc import boundary_time_problem, load_annotations
+
+    full = REPO.parent / "shared" / "data" / "kinetics_gebc"
+    if not (full / "valset_highest_f1.json").is_file():
+        pytest.skip(f"full Kinetics-GEBC annotations not present under {full}")
+    info = json.loads((full / "video_info.json").read_text())
+    for name, caps in (("valset_highest_f1.json", True), ("test_timestamp.json", False)):
+        recs = load_annotations(full / name, with_captions=caps)
+        problems = [r["boundary_id"] for r in recs if r["video_id"] in info and boundary_time_problem(
+            r["timestamp"], r["prev_timestamp"], r["next_timestamp"], info[r["video_id"]])]
+        assert problems == [] and len(recs) > 6000
+
+
+# ------------------------------------------------------------------------------ 8. malformed ids
+def test_boundary_id_must_match_its_video_key(tmp_path):
+    from llmva_gebc.data.gebc import DataError, load_annotations
+
+    ann = _ann(tmp_path, "val.json", {"7uCgdizuENF": [("7uCgdizuEN_0", 0, 1, 2)]})
+    with pytest.raises(DataError, match=r"val\.json: boundary_id '7uCgdizuEN_0' \(video part '7uCgdizuEN_'\) sits under "
+                                        r"video key '7uCgdizuENF'"):
+        load_annotations(ann, with_captions=True)
+
+
+# ------------------------------------------------------------------------------ 9. scoring inputs
+def _evaluate(argv):
+    sys.path.insert(0, str(REPO))
+    try:
+        import evaluate
+    finally:
+        sys.path.pop(0)
+    return evaluate.main([str(a) for a in argv])
+
+
+def test_score_truncated_annotations_and_lone_surrogates(tmp_path, capsys):
+    from llmva_gebc.eval.submission import references_from_annotations
+
+    refs = references_from_annotations(SAMPLE_VAL)
+    sub = tmp_path / "sub.json"
+    sub.write_text(json.dumps(refs))
+    cut_ann = tmp_path / "val_cut.json"
+    cut_ann.write_bytes(SAMPLE_VAL.read_bytes()[:5000])
+    assert _evaluate(["--score", sub, "--annotations", cut_ann]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: malformed JSON in annotation file {cut_ann}: ") and "line" in err
+
+    bid = list(refs)[7]
+    bad = {b: dict(c) for b, c in refs.items()}
+    bad[bid]["Subject"] = "man \ud800 in red"
+    sub.write_text(json.dumps(bad))  # JSON keeps the lone surrogate as the escape \ud800
+    assert _evaluate(["--score", sub, "--annotations", SAMPLE_VAL]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {sub}: invalid submission: 1 captions are not valid text: '{bid}' (Subject holds a "
+                          "lone surrogate '\\ud800' at character 4")
+    assert len(err.strip().splitlines()) == 1
+    # the metrics themselves refuse it too (API users), naming the boundary
+    from llmva_gebc.eval.metrics import MetricsError, score_captions
+
+    with pytest.raises(MetricsError, match=rf"prediction '{bid}': caption 'Subject' holds a lone surrogate"):
+        score_captions(bad, refs)
+
+
+# ------------------------------------------------------------------------- 10. pickles never run
+class _Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_submission_pickle_payload_does_not_run(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    data = pickle.dumps({"x": _Payload(marker)}, protocol=4)
+    pickle.loads(data)  # the payload works: plain pickle runs it
+    assert marker.exists()
+    marker.unlink()
+    pkl = tmp_path / "submit_val.pkl"
+    pkl.write_bytes(data)
+    assert _evaluate(["--score", pkl, "--annotations", SAMPLE_VAL]) == 2
+    err = capsys.readouterr().err
+    assert not marker.exists()
+    assert err.strip() == (f"error: {pkl}: cannot read submission: RefusedPickleError: refused global 'posix.system': "
+                           "a submission pickle may hold only dicts, lists and strings")
+
+
+def test_feature_pickle_payload_does_not_run_and_arrays_still_load(tmp_path):
+    from llmva_gebc.data.gebc import DataError, load_feature_array
+
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "evil.pkl"
+    bad.write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(DataError, match=r"cannot read features file .*evil\.pkl: RefusedPickleError: refused global "
+                                        r"'posix\.system'"):
+        load_feature_array(bad)
+    assert not marker.exists()
+    want = np.arange(6, dtype=np.float32).reshape(2, 3)
+    for i, obj in enumerate([want, want.tolist(), want.astype(np.float64), np.float32(2.5)]):
+        for proto in (2, 4, 5):
+            p = tmp_path / f"ok{i}_{proto}.pkl"
+            p.write_bytes(pickle.dumps(obj, protocol=proto))
+            assert np.array_equal(load_feature_array(p), np.asarray(obj))
+
+
+def test_no_plain_unpickling_in_the_package():
+    """Every pickle read goes through llmva_gebc.safe_pickle (no pickle.load / loads / Unpickler elsewhere)."""
+    offenders = []
+    for path in sorted((REPO / "llmva_gebc").rglob("*.py")) + [REPO / "evaluate.py", REPO / "train.py"]:
+        if path.name == "safe_pickle.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in ("load", "loads", "Unpickler") and \
+                    isinstance(node.value, ast.Name) and node.value.id in ("pickle", "cPickle", "dill", "joblib"):
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "load" and any(
+                    k.arg == "allow_pickle" and getattr(k.value, "value", False) is True for k in node.keywords):
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno} (allow_pickle=True)")
+    assert offenders == []
