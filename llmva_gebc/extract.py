@@ -56,16 +56,22 @@ def _write_report(report: Dict[str, Any], out_dir: Path) -> Path:
 
 
 def output_problem(path: Path, num_frames: int, encoder: Any) -> Optional[str]:
-    """Why an existing ``<id>.npy`` cannot count as done (unreadable, half-written, wrong shape,
-    non-finite values), or None. Expected shape: (``num_frames``, Q, H), Q and H taken from the
-    encoder when it tells them (``query_tokens``, ``hidden_size``)."""
-    q = getattr(encoder, "query_tokens", None)
+    """Why an existing output cannot count as done (unreadable or half-written file, non-finite values,
+    wrong shape), or None. The shape is checked as far as it is known: T = ``num_frames`` (when > 0),
+    and (Q, H) from an image Q-Former encoder (``query_tokens``, ``hidden_size``) or d from a frame
+    encoder (``dim``)."""
     try:
-        check_q_tokens(load_feature_array(path), path, frames=num_frames,
-                       queries=int(q.shape[1]) if isinstance(q, torch.Tensor) else None,
-                       hidden=getattr(encoder, "hidden_size", None))
+        arr = load_feature_array(path)
+        q = getattr(encoder, "query_tokens", None)
+        if isinstance(q, torch.Tensor):  # image Q-Former: (T, Q, H)
+            check_q_tokens(arr, path, frames=num_frames or None, queries=int(q.shape[1]),
+                           hidden=getattr(encoder, "hidden_size", None))
+            return None
     except DataError as e:
         return str(e)
+    t, d = num_frames or None, getattr(encoder, "dim", None)  # frame encoder: (t, d)
+    if arr.ndim < 2 or arr.shape[0] < 1 or (t and arr.shape[0] != t) or (d and arr.shape[-1] != d):
+        return f"features file {path}: expected shape ({t or 't'}, ..., {d or 'd'}), got {tuple(arr.shape)}"
     return None
 
 

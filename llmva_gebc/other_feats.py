@@ -42,20 +42,17 @@ logger = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------- extraction
 def probe_video(path: str | os.PathLike) -> Tuple[int, float]:
-    """(frame count, frames per second) of a video: decord first, then PyAV (which decodes to count)."""
+    """(frame count, frames per second) of a video: decord first, then the frames PyAV decodes."""
     try:
         import decord
 
         vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
         return len(vr), float(vr.get_avg_fps())
-    except Exception:  # decord missing or cannot read it: PyAV
-        import av
+    except Exception:  # decord missing or cannot read it (it refuses truncated files): PyAV counts
+        from llmva_gebc.data.video import probe_video as decode_video
 
-        with av.open(str(path)) as c:
-            s = c.streams.video[0]
-            n = sum(1 for _ in c.decode(s))
-            fps = float(s.average_rate) if s.average_rate else 0.0
-        return n, fps
+        info = decode_video(path)
+        return info.frames, info.fps or 0.0
 
 
 def num_steps(num_total: int, video_fps: float, fps: float) -> int:

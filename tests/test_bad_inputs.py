@@ -233,6 +233,29 @@ def test_extract_checks_existing_outputs_before_skipping(media, tmp_path):
     assert np.all(np.load(tmp_path / "cam.npy") == 1)  # the good one was not redone
 
 
+def test_other_feature_extraction_checks_existing_outputs(media, tmp_path):
+    """The same check for a frame encoder's (t, d) outputs, whose t depends on the clip."""
+    from llmva_gebc.extract import extract_features
+
+    class DimEncoder(torch.nn.Module):
+        dim = 3
+        device, dtype = torch.device("cpu"), torch.float32
+
+        def forward(self, x):  # (N, 3, S, S) -> (N, 3)
+            return x.mean((2, 3))
+
+    paths = [media["webm"], media["mkv"], media["dir"] / "six_full.mp4"]
+    (tmp_path / "rec.npy").write_bytes(b"\x93NUMPY")  # half-written header
+    np.save(tmp_path / "cam.npy", np.ones((5, 4), np.float32))  # wrong d
+    np.save(tmp_path / "six_full.npy", np.ones((7, 3), np.float32))  # fine, any t: skipped
+    rep = extract_features(DimEncoder(), paths, tmp_path, lambda f: torch.from_numpy(f).permute(0, 3, 1, 2).float(),
+                           num_frames=0, read=lambda p: read_frames(p, 5), progress=False)
+    assert rep["skipped"] == 1 and rep["extracted"] == 2 and rep["failed"] == []
+    assert sorted(r["video"] for r in rep["redone"]) == ["cam", "rec"]
+    assert "expected shape (t, ..., 3), got (5, 4)" in {r["video"]: r["reason"] for r in rep["redone"]}["cam"]
+    assert np.load(tmp_path / "rec.npy").shape == np.load(tmp_path / "cam.npy").shape == (5, 3)
+
+
 # ------------------------------------------------------------------- 5./6. poisoned features, T limit
 def _gebc_cfg(tmp_path: Path, split_files: dict, features_dir: Path, video_info: dict, **kw):
     from omegaconf import OmegaConf
