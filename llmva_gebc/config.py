@@ -174,7 +174,11 @@ class DatasetConfig:
     use_raw_video: bool = False
     vis_processor: ProcessorConfig = field(default_factory=ProcessorConfig)
     prompt: Optional[str] = None
-    sample_ratio: float = 1.0
+    # Training mixtures: the relative probability that a training *batch* is drawn from this dataset
+    # (Video-LLaMA's `sample_ratio`; exact per-epoch counts, see data/samplers.MixtureBatchSampler).
+    # Unset on every training dataset: the datasets are concatenated and shuffled together (draws in
+    # proportion to size). Set on any: an unset one counts 1.0. Must be > 0.
+    sample_ratio: Optional[float] = None
 
 
 @dataclass

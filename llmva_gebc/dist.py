@@ -385,7 +385,9 @@ class SeededDataset(torch.utils.data.Dataset):
         index, seed = item
         py_state, np_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # the CPU generator only: torch.manual_seed would also reseed (and not restore) the CUDA
+            # RNG, and costs ~7 ms a call (its lazy CUDA/XPU seeding records a stack trace)
+            torch.default_generator.manual_seed(seed)
             random.seed(seed)
             np.random.seed(seed % 2**32)
             try:

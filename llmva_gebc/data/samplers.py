@@ -17,11 +17,29 @@ across DDP ranks.
   flattened to sample indices; no padding, so every sample is generated exactly once over all ranks.
 * :func:`boundary_groups` reads the grouping from a dataset (``dataset.sample_boundary_index``, also
   through ``ConcatDataset`` / ``Subset``).
+
+Mixing datasets with ``datasets.<name>.sample_ratio`` (stage-1 WebVid + CC3M):
+
+* :class:`MixedDataset` is the ``ConcatDataset`` that ``build_split`` returns when a ratio is set; it
+  carries the dataset names and their ratios.
+* :class:`MixtureBatchSampler` draws **each batch** from one dataset, with probability proportional to
+  its ratio (Video-LLaMA's meaning: its ``MultiIterLoader`` picks a dataset's loader per batch with
+  ``random.choices(loaders, ratios)``). Unlike a fresh random draw per batch, the counts per epoch are
+  exact: of the epoch's ``B`` batches, dataset ``k`` gets ``B * r_k / sum(r)`` (largest remainder
+  rounding), in an order shuffled with ``seed + epoch``, the same on every rank. Dataset ``k``'s
+  samples come from successive passes over it, pass ``p`` a ``randperm`` seeded by ``(seed, epoch, k,
+  p)``, padded to a multiple of ``world_size`` and sharded ``rank::world_size``, so a small dataset is
+  repeated and a large one only partly seen in an epoch. ``B`` is what plain concatenation gives
+  (``ceil(sum(sizes) / world_size) // batch_size``), so an epoch has the same number of steps with or
+  without ratios. Everything is a pure function of (seed, epoch), so ``set_epoch(e, start_batch=k)``
+  resumes exactly.
 """
 from __future__ import annotations
 
 import logging
 from typing import Iterator, List, Sequence, Tuple
+
+import numpy as np
 
 import torch
 
@@ -117,4 +135,88 @@ class BoundaryShardSampler(torch.utils.data.Sampler):
         return len(self.indices)
 
 
-__all__ = ["boundary_groups", "BoundaryBatchSampler", "BoundaryShardSampler"]
+class MixedDataset(torch.utils.data.ConcatDataset):
+    """``ConcatDataset`` of named datasets with per-dataset draw ratios (``datasets.<name>.sample_ratio``)."""
+
+    def __init__(self, datasets: Sequence, names: Sequence[str], ratios: Sequence[float]) -> None:
+        super().__init__(list(datasets))
+        if not (len(names) == len(ratios) == len(self.datasets)):
+            raise ValueError(f"MixedDataset: {len(self.datasets)} datasets, {len(names)} names, {len(ratios)} ratios")
+        for n, r in zip(names, ratios):
+            if not (isinstance(r, (int, float)) and np.isfinite(r) and r > 0):
+                raise ValueError(f"datasets.{n}.sample_ratio must be a positive number, got {r!r}")
+        self.names, self.sample_ratios = list(names), [float(r) for r in ratios]
+
+    @property
+    def sizes(self) -> List[int]:
+        return [len(d) for d in self.datasets]
+
+
+def quotas(total: int, ratios: Sequence[float]) -> List[int]:
+    """``total`` split in proportion to ``ratios`` (largest remainder; ties to the earlier dataset)."""
+    r = np.asarray(ratios, dtype=np.float64)
+    exact = total * r / r.sum()
+    out = np.floor(exact).astype(int)
+    for k in np.argsort(-(exact - out), kind="stable")[: total - int(out.sum())]:
+        out[k] += 1
+    return out.tolist()
+
+
+def _gen(*parts: int) -> torch.Generator:
+    seed = 0
+    for p in parts:
+        seed = (seed * 1_000_003 + int(p)) % (2**63 - 1)
+    return torch.Generator().manual_seed(seed)
+
+
+class MixtureBatchSampler(EpochBatchSampler):
+    """One dataset per batch, drawn in proportion to ``ratios`` (see the module docstring).
+
+    ``sizes``: samples per dataset, in :class:`MixedDataset` order (global index = offset + local).
+    Yields lists of ``(global index, sample_seed)``; ``dataset_order()`` gives the epoch's dataset
+    index per batch. Raises ValueError for a bad ratio, an empty dataset or too few samples."""
+
+    def __init__(self, sizes: Sequence[int], ratios: Sequence[float], batch_size: int, rank: int = 0,
+                 world_size: int = 1, seed: int = 0) -> None:
+        if len(sizes) != len(ratios) or not sizes:
+            raise ValueError(f"MixtureBatchSampler: {len(sizes)} dataset sizes for {len(ratios)} ratios")
+        if any(n < 1 for n in sizes):
+            raise ValueError(f"MixtureBatchSampler: every dataset needs samples, got sizes {list(sizes)}")
+        if any(not (float(r) > 0) for r in ratios):
+            raise ValueError(f"sample ratios must be positive, got {list(ratios)}")
+        super().__init__(int(sum(sizes)), batch_size, rank, world_size, seed, shuffle=True)
+        self.sizes, self.ratios = [int(n) for n in sizes], [float(r) for r in ratios]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(int).tolist()
+        self.batch_quotas = quotas(self.batches_per_epoch, self.ratios)
+
+    def dataset_order(self) -> List[int]:
+        """The dataset of each batch of the current epoch (identical on every rank)."""
+        seq = torch.tensor([k for k, q in enumerate(self.batch_quotas) for _ in range(q)], dtype=torch.long)
+        perm = torch.randperm(len(seq), generator=_gen(self.seed, self.epoch, 1))
+        return seq[perm].tolist()
+
+    def _stream(self, k: int, need: int) -> List[Tuple[int, int]]:
+        """This rank's first ``need`` (local index, pass) draws of dataset ``k`` in this epoch."""
+        n, out, p = self.sizes[k], [], 0
+        total = -(-n // self.world_size) * self.world_size
+        while len(out) < need:
+            order = torch.randperm(n, generator=_gen(self.seed, self.epoch, 2, k, p)).tolist()
+            order = (order * (total // n + 1))[:total]
+            out += [(i, p) for i in order[self.rank::self.world_size]]
+            p += 1
+        return out[:need]
+
+    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
+        order = self.dataset_order()
+        streams = {k: iter(self._stream(k, self.batch_size * order.count(k))) for k in set(order)}
+        for b, k in enumerate(order):
+            batch = [next(streams[k]) for _ in range(self.batch_size)]
+            if b < self.start_batch:
+                continue  # resume: consumed batches are skipped without loading data
+            # pass p of a repeated dataset gets its own per-sample seed
+            yield [(self.offsets[k] + i, sample_seed(self.seed, self.epoch, (self.offsets[k] + i) + p * self.n))
+                   for i, p in batch]
+
+
+__all__ = ["boundary_groups", "BoundaryBatchSampler", "BoundaryShardSampler", "MixedDataset", "MixtureBatchSampler",
+           "quotas"]

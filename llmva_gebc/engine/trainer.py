@@ -118,7 +118,7 @@ def build_split(cfg: DictConfig, split: str, training: bool, required: bool):
     """The ``split`` datasets of every ``cfg.datasets`` entry (concatenated); None when there are none."""
     from llmva_gebc.config import as_plain
 
-    parts = []
+    parts, names, ratios = [], [], []
     for name, ds_cfg in cfg.datasets.items():
         anns = ds_cfg.annotations
         if anns and split not in anns:
@@ -130,9 +130,17 @@ def build_split(cfg: DictConfig, split: str, training: bool, required: bool):
                  "max_frames": cfg.model.adapter.max_frame_pos,
                  "expected_other_feats": as_plain(cfg.model.adapter.other_feats)}
         parts.append(_call_builder(DATASETS.get(ds_cfg.builder), ds_cfg, split, training, extra))
+        names.append(name)
+        ratios.append(ds_cfg.sample_ratio)
     if not parts:
         return None
-    return parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
+    if len(parts) == 1:
+        return parts[0]
+    if training and any(r is not None for r in ratios):
+        from llmva_gebc.data.samplers import MixedDataset
+
+        return MixedDataset(parts, names, [1.0 if r is None else r for r in ratios])
+    return torch.utils.data.ConcatDataset(parts)
 
 
 def _evaluator():
@@ -253,7 +261,19 @@ class Runner:
             self.collate_fn = collate_for(train_ds)
         if hasattr(model, "set_share_prefix"):
             model.set_share_prefix(bool(run.share_prefix))
-        if getattr(model, "share_prefix", False):
+        ratios = getattr(train_ds, "sample_ratios", None)
+        if ratios is not None and getattr(model, "share_prefix", False):
+            raise ValueError("run.share_prefix cannot be combined with datasets.<name>.sample_ratio "
+                             f"(set for {getattr(train_ds, 'names', '?')}); unset one of them")
+        if ratios is not None:
+            # One dataset per batch, in proportion to the ratios (Video-LLaMA's sample_ratio).
+            from llmva_gebc.data.samplers import MixtureBatchSampler
+
+            self.sampler = MixtureBatchSampler(train_ds.sizes, ratios, run.batch_size_train, self.rank, self.world,
+                                               seed=run.seed)
+            log.info("mixing %s per batch with ratios %s: %s batches per epoch", train_ds.names, ratios,
+                     self.sampler.batch_quotas)
+        elif getattr(model, "share_prefix", False):
             # A boundary's three caption types stay in one batch so the shared prefix runs once.
             from llmva_gebc.data.samplers import BoundaryBatchSampler, boundary_groups
 
