@@ -365,16 +365,22 @@ def header() -> str:
     return HEADER.format(sizes=sizes, formulas=flops.FORMULAS, new=20)
 
 
+def merge_section(out: Path, key: str, sec: str) -> None:
+    """Put ``sec`` as section ``key`` of ``out`` (results.md), keeping the other sections (cpu first)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    old = _sections(out.read_text()) if out.is_file() else {}
+    old[key] = sec.rstrip("\n") + "\n\n"
+    order = sorted(old, key=lambda k: (k != "cpu", k.startswith("cuda"), k))
+    text = header() + "\n" + "\n".join(f"{MARK.format(k)}\n{old[k]}{END.format(k)}\n" for k in order)
+    _atomic(out, text)
+
+
 def write(res: Dict[str, Any], out: Path) -> str:
     """Merge this run's section into ``out`` (+ .json, .png); returns this run's section text."""
     out.parent.mkdir(parents=True, exist_ok=True)
     key = section_key(res["info"])
     sec = section(res)
-    old = _sections(out.read_text()) if out.is_file() else {}
-    old[key] = sec + "\n"
-    order = sorted(old, key=lambda k: (k != "cpu", k))
-    text = header() + "\n" + "\n".join(f"{MARK.format(k)}\n{old[k]}{END.format(k)}\n" for k in order)
-    _atomic(out, text)
+    merge_section(out, key, sec)
     jpath = out.with_suffix(".json")
     data = {}
     if jpath.is_file():

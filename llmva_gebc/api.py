@@ -258,6 +258,52 @@ class Captioner:
             parts.append(resample_nearest(arr, self.max_seq_len).astype(np.float32))  # (S, d)
         return torch.from_numpy(np.concatenate(parts, axis=1))  # (S, sum_d)
 
+    # -------------------------------------------------------------- automatic boundaries
+    @property
+    def boundary_detector(self):
+        """:class:`llmva_gebc.boundaries.BoundaryDetector` with this config's ``model.boundary_detector``,
+        sharing this captioner's frozen encoder."""
+        if getattr(self, "_detector", None) is None:
+            from llmva_gebc.boundaries import BoundaryDetector
+
+            det = BoundaryDetector(self.cfg, self.dataset_name, device=self.device)
+            if det.settings["features"] == "qformer":
+                det._encoder = self.encoder
+            self._detector = det
+        return self._detector
+
+    def detect_boundaries(self, video_path: str | os.PathLike, duration: Optional[float] = None) -> Dict[str, Any]:
+        """Event boundaries of a video file, found without annotations (``llmva_gebc.boundaries``).
+
+        Returns ``{"video_id", "duration", "duration_source", "features", "boundaries": [{"timestamp" (s),
+        "score" (in [0, 1], relative to the clip's strongest change)}, ...]}``, in time order, at least one."""
+        video_path = Path(video_path)
+        src = "given"
+        if duration is None:
+            duration, src = self.duration_of(video_path)
+        det = self.boundary_detector
+        res = det(video_path, float(duration))
+        return {"video_id": video_path.stem, "duration": float(duration), "duration_source": src,
+                "features": det.settings["features"],
+                "boundaries": [{"timestamp": t, "score": sc} for t, sc in zip(res["timestamps"], res["scores"])]}
+
+    def caption_auto(self, video_path: str | os.PathLike, label: Optional[str] = None,
+                     duration: Optional[float] = None, use_cache: bool = True) -> List[Dict[str, Any]]:
+        """Detect the boundaries of a video, then caption each (rows as :meth:`caption`, plus ``score``,
+        ``boundary_source`` = "auto" and ``label_source``: "user" for ``label``, else
+        "default (model.boundary_detector.label)": a change score cannot tell the GEBC label)."""
+        det = self.detect_boundaries(video_path, duration)
+        if label is not None:
+            label, label_src = canonical_label(label), "user"
+        else:
+            label = canonical_label(self.boundary_detector.settings["label"])
+            label_src = "default (model.boundary_detector.label)"
+        times = [b["timestamp"] for b in det["boundaries"]]
+        rows = self.caption(video_path, times, labels=[label], duration=det["duration"], use_cache=use_cache)
+        for r, b in zip(rows, det["boundaries"]):
+            r.update(score=b["score"], boundary_source="auto", label_source=label_src)
+        return rows
+
     # -------------------------------------------------------------- captioning
     def caption_features(self, q_tokens: torch.Tensor, boundaries: Sequence[BoundarySpec], duration: float,
                          labels: Optional[Sequence[str]] = None, video_id: str = "video",

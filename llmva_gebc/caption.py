@@ -4,6 +4,9 @@
         (--boundaries 2.4,6.1 [--labels "Change of Action,Change of Color"] | --annotations FILE)
         [--duration S] [--features-dir DIR] [--no-cache] [--device cpu] [--json] [--options k=v ...]
 
+* ``--boundaries auto``: find the boundaries automatically (``llmva_gebc.boundaries``, settings
+  ``model.boundary_detector``); the prompt's label is ``--labels`` (one for all) or the default
+  ``model.boundary_detector.label``, and the output says which (``label_source``).
 * ``--boundaries``: timestamps in seconds, comma-separated; each must satisfy 0 < t < duration.
   prev/next timestamps (the second reference point) are the neighbouring boundaries, with 0 before
   the first and the clip's end after the last, as the GEBC annotation defines them.
@@ -88,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     p.add_argument("--ckpt", default=None, help="trained weights: a run's checkpoint dir or a .safetensors/.pth")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--boundaries", help="boundary timestamps in seconds, comma-separated, e.g. 2.4,6.1")
+    g.add_argument("--boundaries", help="boundary timestamps in seconds, comma-separated, e.g. 2.4,6.1; "
+                   "or 'auto' to detect them")
     g.add_argument("--annotations", help="GEBC annotation JSON: caption this video's boundaries from it")
     p.add_argument("--labels", "--label", dest="labels", default=None,
                    help=f"boundary label(s), one for all or comma-separated per boundary (default: {DEFAULT_LABEL})")
@@ -114,13 +118,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         hf_logging.disable_progress_bar()
     try:
-        boundaries = parse_timestamps(a.boundaries) if a.boundaries is not None else None
+        auto = a.boundaries is not None and a.boundaries.strip().lower() == "auto"
+        boundaries = parse_timestamps(a.boundaries) if a.boundaries is not None and not auto else None
         labels = [s.strip() for s in a.labels.split(",")] if a.labels else None
         if labels is not None and a.annotations is not None:
             raise CaptionError("--labels goes with --boundaries; --annotations uses the file's labels")
+        if auto and labels is not None and len(labels) != 1:
+            raise CaptionError("--boundaries auto takes one --labels value for all detected boundaries, "
+                               f"got {len(labels)}")
         model = load(a.cfg_path, ckpt=a.ckpt, options=a.options, device=a.device, dataset=a.dataset,
                      features_dir=a.features_dir, video_info=a.video_info, batch_size=a.batch_size)
-        if boundaries is not None:
+        if auto:
+            rows = model.caption_auto(a.video, label=labels[0] if labels else None, duration=a.duration,
+                                      use_cache=not a.no_cache)
+        elif boundaries is not None:
             rows = model.caption(a.video, boundaries, labels=labels, duration=a.duration, use_cache=not a.no_cache)
         else:
             rows = model.caption_annotations(a.video, a.annotations, duration=a.duration, use_cache=not a.no_cache)
@@ -130,6 +141,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if a.json:
         print(json.dumps(rows, indent=1))
     else:
+        if auto:
+            print(f"{len(rows)} boundaries detected automatically; label: {rows[0]['label']} "
+                  f"({rows[0]['label_source']})")
         print(format_table(rows))
     return 0
 

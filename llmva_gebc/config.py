@@ -123,6 +123,21 @@ class GenerationConfig:
 
 
 @dataclass
+class BoundaryDetectorConfig:
+    """Automatic event boundaries (``--boundaries auto``; ``llmva_gebc/boundaries.py`` documents the method)."""
+
+    features: str = "qformer"  # qformer (frozen image Q-Former tokens) | pixels (8x8 colour thumbnails)
+    fps: float = 8.0  # frames per second decoded for detection ...
+    max_frames: int = 256  # ... at most this many (and at least 4)
+    window: float = 0.5  # seconds each side of a frame gap whose mean features are compared
+    motion_weight: float = 4.0  # weight of the feature-speed change (starts, stops, turns)
+    smooth: float = 0.1  # Gaussian smoothing of the change score, sigma in seconds
+    threshold: float = 0.5  # peaks below this fraction of the clip's highest score are dropped
+    min_gap: float = 0.75  # seconds: of two peaks closer than this, the lower one is dropped
+    label: str = "Change of Action"  # GEBC label for the prompt when the user gives none
+
+
+@dataclass
 class ModelConfig:
     arch: str = "llmva_gebc"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -136,6 +151,7 @@ class ModelConfig:
     allow_partial_load: bool = False
     # Build the frozen image encoder inside the model (raw-video training / captioning).
     use_encoder: bool = False
+    boundary_detector: BoundaryDetectorConfig = field(default_factory=BoundaryDetectorConfig)
 
 
 @dataclass

@@ -107,3 +107,27 @@ def test_module_help_runs():
     r = subprocess.run([sys.executable, "-m", "llmva_gebc.caption", "--help"], capture_output=True, text=True,
                        cwd=REPO)
     assert r.returncode == 0 and "--boundaries" in r.stdout and "Change of Object Being Interacted" in r.stdout
+
+
+def test_boundaries_auto_detects_then_captions(clip, capsys):
+    import llmva_gebc
+
+    root, video, cfg_args = clip
+    rc, out, err = run_cli([video, "--boundaries", "auto", "--json", *cfg_args], capsys)
+    assert rc == 0, err
+    rows = json.loads(out)
+    cap = llmva_gebc.load(CFG, options=cfg_args[3:])
+    det = cap.detect_boundaries(video)
+    assert [r["boundary"] for r in rows] == [b["timestamp"] for b in det["boundaries"]] and rows
+    assert all(0 < r["boundary"] < r["duration"] for r in rows)
+    assert {r["label"] for r in rows} == {"Change of Action"}
+    assert {r["label_source"] for r in rows} == {"default (model.boundary_detector.label)"}
+    assert all(r["boundary_source"] == "auto" and 0 < r["score"] <= 1 for r in rows)
+    # the captions are those of the same timestamps given by hand
+    assert cap.caption(video, [r["boundary"] for r in rows]) == [
+        {k: v for k, v in r.items() if k not in ("score", "boundary_source", "label_source")} for r in rows]
+    rc, out, err = run_cli([video, "--boundaries", "auto", "--labels", "change of color", *cfg_args], capsys)
+    assert rc == 0, err
+    assert out.splitlines()[0].endswith("label: Change of Color (user)")
+    rc, out, err = run_cli([video, "--boundaries", "auto", "--labels", "Multiple,Multiple", *cfg_args], capsys)
+    assert rc == 2 and "one --labels value" in err
