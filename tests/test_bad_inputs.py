@@ -443,6 +443,16 @@ def test_score_truncated_annotations_and_lone_surrogates(tmp_path, capsys):
     assert err.startswith(f"error: {sub}: invalid submission: 1 captions are not valid text: '{bid}' (Subject holds a "
                           "lone surrogate '\\ud800' at character 4")
     assert len(err.strip().splitlines()) == 1
+    # the same in a reference caption of the annotation file
+    ann = json.loads(SAMPLE_VAL.read_text())
+    vid = next(v for v, bs in ann.items() if any(b["boundary_id"] == bid for b in bs))
+    next(b for b in ann[vid] if b["boundary_id"] == bid)["status_after"] = "man \ud800 in red"
+    bad_ann = tmp_path / "val_surrogate.json"
+    bad_ann.write_text(json.dumps(ann))
+    sub.write_text(json.dumps(refs))
+    assert _evaluate(["--score", sub, "--annotations", bad_ann]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {bad_ann}: 1 reference captions are not valid text: '{bid}' "
+                                              "(status_after holds a lone surrogate")
     # the metrics themselves refuse it too (API users), naming the boundary
     from llmva_gebc.eval.metrics import MetricsError, score_captions
 

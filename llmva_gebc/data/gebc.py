@@ -25,6 +25,11 @@ present (with empty captions). The number of unavailable boundaries is logged (a
 training, where they are skipped; an info line at evaluation). On the full real val file this gives
 3 × 6,748 samples and 3 unavailable boundaries.
 
+Checks (errors naming the file and the key): a boundary id whose first 11 characters are not the video
+key it sits under; boundary times that break ``boundary_time_problem`` (one rule with the caption API);
+features that are unreadable, non-finite, of the wrong shape or longer than the model's frame limit
+(``load_feature_array``, ``check_q_tokens``). ``.pkl`` files are read by ``llmva_gebc.safe_pickle``.
+
 Samples of one boundary are consecutive, in the order of ``TYPES``; ``dataset.sample_boundary_index[i]``
 is the index into ``dataset.boundaries`` of sample ``i`` (for samplers that keep a boundary together).
 """
