@@ -559,5 +559,6 @@ def build_gebc(
 
 __all__ = [
     "TYPES", "LABELS", "DataError", "GEBCDataset", "build_gebc", "build_prompt", "reference_points",
-    "resample_nearest", "load_annotations", "load_feature_array", "boundary_time_problem", "TIME_TOLERANCE", "check_q_tokens", "video_id_of", "read_json", "resolve_path",
+    "resample_nearest", "load_annotations", "load_feature_array", "check_q_tokens", "boundary_time_problem",
+    "TIME_TOLERANCE", "video_id_of", "read_json", "resolve_path",
 ]

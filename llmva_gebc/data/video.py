@@ -23,6 +23,7 @@ UTF-8 is ignored.
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+logger = logging.getLogger(__name__)
 BACKENDS = ("decord", "pyav")
 
 
@@ -106,8 +108,9 @@ class DecodedVideo:
 
     def declared(self) -> str:
         """The header's claims in words, e.g. ``"48 frames, 4.00 s"``."""
-        return ", ".join(x for x in (f"{self.declared_frames} frames" if self.declared_frames else "",
-                                     f"{self.declared_duration:.2f} s" if self.declared_duration else "") if x) or "nothing"
+        parts = [f"{self.declared_frames} frames" if self.declared_frames else "",
+                 f"{self.declared_duration:.2f} s" if self.declared_duration else ""]
+        return ", ".join(x for x in parts if x) or "nothing"
 
 
 def _decode_pyav(path: str, keep: bool) -> Tuple[List[np.ndarray], DecodedVideo]:
@@ -146,6 +149,9 @@ def _decode_pyav(path: str, keep: bool) -> Tuple[List[np.ndarray], DecodedVideo]
     else:
         duration = n / fps if fps else 0.0
     info = DecodedVideo(path, n, duration, fps, declared_frames, declared_duration, error)
+    if error and n and not info.shortfall():
+        logger.warning("video %s: decoding stopped at an error after %d frames (%s); using the frames that decode",
+                       path, n, error)
     return frames, info
 
 
@@ -164,7 +170,8 @@ def probe_video(path: str | os.PathLike) -> DecodedVideo:
         raise VideoDecodeError(f"cannot decode video {path}: pyav: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
                                ) from None
     if info.frames == 0:
-        raise VideoDecodeError(f"cannot decode video {path}: no frame decodes" + (f" ({info.error})" if info.error else ""))
+        raise VideoDecodeError(f"cannot decode video {path}: no frame decodes"
+                               + (f" ({info.error})" if info.error else ""))
     return info
 
 

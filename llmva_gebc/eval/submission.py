@@ -225,9 +225,11 @@ def references_from_boundaries(boundaries: Sequence[Mapping], where: str = "") -
     if not all(have):
         bad = [b.get("boundary_id") for b, h in zip(boundaries, have) if not h]
         raise SubmissionError(f"{where}{len(bad)} boundaries lack string captions {list(TYPES)}: {_few(bad)}")
-    bad_text = [f"{b['boundary_id']!r} ({t} {text_problem(b[t])})" for b in boundaries for t in TYPES if text_problem(b[t])]
+    bad_text = [f"{b['boundary_id']!r} ({t} {text_problem(b[t])})"
+                for b in boundaries for t in TYPES if text_problem(b[t])]
     if bad_text:
-        raise SubmissionError(f"{where}{len(bad_text)} reference captions are not valid text: {_few(bad_text, 3, quote=False)}")
+        raise SubmissionError(f"{where}{len(bad_text)} reference captions are not valid text: "
+                              f"{_few(bad_text, 3, quote=False)}")
     refs = {b["boundary_id"]: {SUBMISSION_KEYS[t]: b[t] for t in TYPES} for b in boundaries}
     if len(refs) != len(boundaries):
         raise SubmissionError(f"{where}duplicate boundary ids in the annotations")
