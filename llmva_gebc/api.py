@@ -40,8 +40,8 @@ import numpy as np
 import torch
 
 from llmva_gebc.data.gebc import (
-    LABELS, TYPES, DataError, boundary_time_problem, build_prompt, check_q_tokens, load_annotations, load_feature_array, read_json, reference_points,
-    resample_nearest, resolve_path,
+    LABELS, TYPES, DataError, boundary_time_problem, build_prompt, check_q_tokens, load_annotations,
+    load_feature_array, read_json, reference_points, resample_nearest, resolve_path,
 )
 from llmva_gebc.data.video import VideoDecodeError, probe_video, read_frames
 
