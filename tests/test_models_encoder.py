@@ -29,7 +29,7 @@ def test_encoder_shapes_and_reference_path(tiny_cfg):
     torch.testing.assert_close(build_encoder(tiny_cfg.model.encoder)(x), out)
 
 
-def test_lavis_checkpoints_load_through_converter(tiny_cfg, tmp_path):
+def test_lavis_checkpoints_load_through_converter(tiny_cfg, tmp_path, monkeypatch):
     ecfg = tiny_cfg.model.encoder
     src = build_encoder(ecfg)
     vit = keymaps.eva_vit_to_lavis({k: v for k, v in src.vision.state_dict().items() if not k.startswith("post_layernorm")})
@@ -50,9 +50,22 @@ def test_lavis_checkpoints_load_through_converter(tiny_cfg, tmp_path):
     torch.save({"model": qf}, tmp_path / "blip2_pretrained_flant5xxl.pth")
     cfg = OmegaConf.merge(ecfg, {"weights": "lavis", "seed": 7, "eva_vit_path": str(tmp_path / "eva_vit_g.pth"),
                                  "qformer_path": str(tmp_path / "blip2_pretrained_flant5xxl.pth")})
+    from llmva_gebc.models.encoder import FrozenImageEncoder
+
+    built_on, real_init = [], FrozenImageEncoder.__init__
+
+    def spy(self, *a, **kw):  # where the modules are constructed (and so randomly initialised)
+        real_init(self, *a, **kw)
+        built_on.append(self.query_tokens.device.type)
+
+    monkeypatch.setattr(FrozenImageEncoder, "__init__", spy)
     dst = build_encoder(cfg)
+    assert built_on == ["meta"]  # no random initialisation for weights the checkpoint overwrites
+    assert all(p.device.type == "cpu" for p in dst.parameters())
     x = _frames(2)
     torch.testing.assert_close(dst(x), src(x), rtol=0, atol=0)
+    build_encoder(ecfg)  # weights: none: the seeded random initialisation, on the real device
+    assert built_on == ["meta", "cpu"]
 
 
 def test_lavis_missing_key_is_reported(tiny_cfg, tmp_path):

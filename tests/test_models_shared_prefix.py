@@ -1,5 +1,6 @@
 """Shared-prefix training/generation equals the unshared reference path (tiny OPT and LLaMA)."""
 import logging
+import warnings
 
 import pytest
 import torch
@@ -182,3 +183,85 @@ def test_supports_shared_prefix_names_what_is_missing(models):
     assert "position_ids" in sp.supports_shared_prefix(NoPositions())
     assert sp.supports_shared_prefix(models["opt"][0].llm) is None
     assert sp.supports_shared_prefix(models["llama"][0].llm) is None
+
+
+# ------------------------------------------------------------------ packed attention: dense mask vs flex BlockMask
+def _seg():
+    # two rows: prefix of 3, continuations of 2 and 3 (row 0), prefix 2 + one continuation + padding (row 1)
+    return torch.tensor([[0, 0, 0, 1, 1, 2, 2, 2], [0, 0, 1, 1, 1, -1, -1, -1]])
+
+
+def test_dense_packed_mask_is_the_layout_rule():
+    seg = _seg()
+    m = sp.dense_packed_mask(seg, torch.float32)
+    assert m.shape == (2, 1, 8, 8)
+    allowed = m[:, 0] == 0
+    for b in range(2):
+        for q in range(8):
+            for k in range(8):
+                want = k == q or (k < q and (seg[b, k] == 0 or seg[b, k] == seg[b, q]))
+                assert bool(allowed[b, q, k]) == want, (b, q, k)
+    assert allowed[0, 5, 3].item() is False  # continuation 2 never sees continuation 1
+    assert allowed[0, 7, 0].item() is True  # ... but sees the prefix
+
+
+def test_flex_block_mask_attends_like_the_dense_mask():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    seg = _seg()
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 8, 4, generator=g) for _ in range(3))  # (G, heads, L, head dim)
+    dense = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=sp.dense_packed_mask(seg, q.dtype))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "flex_attention called without torch.compile()": the CPU reference
+        flex = flex_attention(q, k, v, block_mask=sp.flex_packed_mask(seg))
+    torch.testing.assert_close(flex, dense, rtol=1e-5, atol=1e-6)
+
+
+def test_packed_attention_kernel_selection():
+    assert sp.packed_attention_kernel("auto", "cpu") == "dense"
+    assert sp.packed_attention_kernel("auto", "cuda") == "flex"
+    assert sp.packed_attention_kernel("dense", "cuda") == "dense"
+    assert sp.packed_attention_kernel("flex", "cuda") == "flex"
+    assert sp.packed_attention_kernel("flex", "cpu", grad=False) == "flex"  # CPU forward runs (unfused)
+    with pytest.raises(ValueError, match="no backward"):
+        sp.packed_attention_kernel("flex", "cpu", grad=True)
+    with pytest.raises(ValueError, match="must be one of"):
+        sp.packed_attention_kernel("fused", "cpu")
+
+
+@pytest.mark.parametrize("arch", ["opt", "llama"])
+def test_flex_packed_loss_equals_dense_on_cpu_forward(models, arch):
+    """Where flex runs on this CPU (forward, no gradients): the same loss as the dense reference and the
+    unshared path, and the LLM's attention implementation is restored afterwards."""
+    model, cfg = models[arch]
+    batch = grouped_batch(cfg.model, 3, seed=5, drop=(4,))
+    impl = model.llm.config._attn_implementation
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = model(batch, share_prefix=False)["loss"].item()
+        dense = sp.shared_forward(model, batch, "packed", "dense")["loss"].item()
+        flex = sp.shared_forward(model, batch, "packed", "flex")["loss"].item()
+    assert model.llm.config._attn_implementation == impl
+    assert dense == pytest.approx(ref, rel=1e-5)
+    assert flex == pytest.approx(dense, rel=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flex_attention trains on CUDA only (no CPU backward)")
+@pytest.mark.parametrize("arch", ["opt", "llama"])
+def test_flex_packed_loss_and_grads_equal_dense_on_cuda(models, arch):
+    model, cfg = models[arch]
+    model = model.cuda()
+    try:
+        batch = grouped_batch(cfg.model, 4, seed=1, drop=(4,))
+        out = {}
+        for kernel in ("dense", "flex"):
+            model.zero_grad(set_to_none=True)
+            loss = sp.shared_forward(model, batch, "packed", kernel)["loss"]
+            loss.backward()
+            out[kernel] = (loss.item(), torch.cat([p.grad.flatten() for _, p in model.trainable_parameters()]))
+        assert out["flex"][0] == pytest.approx(out["dense"][0], rel=1e-5)
+        g, ref = out["flex"][1], out["dense"][1]
+        assert ((g - ref).norm() / ref.norm()).item() < 1e-4
+    finally:
+        model.cpu()

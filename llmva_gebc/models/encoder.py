@@ -89,7 +89,11 @@ def _load_pth(path: str, what: str) -> Dict[str, torch.Tensor]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{what} not found: {p} (set model.encoder.{what})")
-    return keymaps.unwrap_checkpoint(torch.load(p, map_location="cpu", weights_only=True))
+    try:  # memory-mapped: tensors are read straight into the parameters they are copied to
+        obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # the legacy (non-zip) torch.save format cannot be mapped
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    return keymaps.unwrap_checkpoint(obj)
 
 
 def load_lavis_weights(enc: FrozenImageEncoder, eva_vit_path: str, qformer_path: str) -> None:
@@ -166,18 +170,31 @@ def build_encoder(cfg, device: Optional[torch.device | str] = None) -> FrozenIma
         vcfg = _vision_config(cfg.vision)
         qcfg = _qformer_config(cfg.qformer, encoder_hidden_size=cfg.vision.hidden_size)
         nq = cfg.num_query_tokens
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)  # random weights are a function of the config alone
-        enc = FrozenImageEncoder(vcfg, qcfg, nq)
-    if cfg.weights == "lavis":
-        if not (cfg.eva_vit_path and cfg.qformer_path):
-            raise ValueError("model.encoder.weights=lavis needs model.encoder.eva_vit_path and model.encoder.qformer_path")
-        load_lavis_weights(enc, cfg.eva_vit_path, cfg.qformer_path)
-    elif cfg.weights == "hf":
-        load_hf_blip2_weights(enc, cfg.hf_dir)
-    elif cfg.weights != "none":
+    if cfg.weights not in ("none", "lavis", "hf"):
         raise ValueError(f"model.encoder.weights must be one of none, lavis, hf; got {cfg.weights!r}")
-    if device is not None:
-        enc.to(device)
+    if cfg.weights == "lavis" and not (cfg.eva_vit_path and cfg.qformer_path):
+        raise ValueError("model.encoder.weights=lavis needs model.encoder.eva_vit_path and model.encoder.qformer_path")
+    if cfg.weights == "none":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)  # random weights are a function of the config alone
+            enc = FrozenImageEncoder(vcfg, qcfg, nq)
+        if device is not None:
+            enc.to(device)
+    else:
+        # Weights from a checkpoint: build the structure on the meta device (no random initialisation
+        # that the load would overwrite: ~1.1 G parameters at full size, ~70 s on a CPU core), allocate
+        # it uninitialised on the target device, then copy every tensor in. The strict load (every key
+        # present, none unexpected) guarantees that nothing is left uninitialised.
+        with torch.device("meta"):
+            enc = FrozenImageEncoder(vcfg, qcfg, nq)
+        enc.to_empty(device=device if device is not None else "cpu")
+        if cfg.weights == "lavis":
+            load_lavis_weights(enc, cfg.eva_vit_path, cfg.qformer_path)
+        else:
+            load_hf_blip2_weights(enc, cfg.hf_dir)
+        with torch.no_grad():  # index buffers a checkpoint may leave out (_strict_load allows that)
+            for name, buf in enc.named_buffers():
+                if name.endswith("position_ids"):
+                    buf.copy_(torch.arange(buf.shape[-1], device=buf.device).expand_as(buf))
     enc.set_precision(resolve_dtype(cfg.precision, enc.device, what="model.encoder.precision"))
     return enc

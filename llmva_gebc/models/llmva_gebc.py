@@ -78,6 +78,7 @@ class LLMVAGEBC(nn.Module):
         self.video_prefix_ids = self._ids(VIDEO_PREFIX)
         self.share_prefix = False  # default of forward/generate(share_prefix=None); see set_share_prefix
         self.share_prefix_mode = "packed"  # shared-prefix training: "packed" | "cache" (models/shared_prefix.py)
+        self.packed_attention = "auto"  # packed mode's kernel: "auto" | "dense" | "flex" (models/shared_prefix.py)
         for p in self.llm.parameters():
             if not getattr(p, "_llmva_trainable", False):
                 p.requires_grad_(False)
@@ -128,16 +129,21 @@ class LLMVAGEBC(nn.Module):
         return missing, unexpected
 
     # ------------------------------------------------------------------ shared prefix
-    def set_share_prefix(self, enabled: bool, mode: Optional[str] = None) -> bool:
-        """Set the default of ``forward``/``generate(share_prefix=None)`` (config ``run.share_prefix``).
-        Falls back to the unshared path, with a warning, when the LLM lacks what sharing needs.
-        Returns the value in effect."""
-        from llmva_gebc.models.shared_prefix import MODES, supports_shared_prefix
+    def set_share_prefix(self, enabled: bool, mode: Optional[str] = None, attention: Optional[str] = None) -> bool:
+        """Set the default of ``forward``/``generate(share_prefix=None)`` (config ``run.share_prefix``),
+        and optionally the training ``mode`` and the packed mode's ``attention`` kernel
+        (``run.share_prefix_attention``: auto | dense | flex). Falls back to the unshared path, with a
+        warning, when the LLM lacks what sharing needs. Returns the value in effect."""
+        from llmva_gebc.models.shared_prefix import ATTENTION_KERNELS, MODES, supports_shared_prefix
 
         if mode is not None:
             if mode not in MODES:
                 raise ValueError(f"shared-prefix mode must be one of {MODES}, got {mode!r}")
             self.share_prefix_mode = mode
+        if attention is not None:
+            if attention not in ATTENTION_KERNELS:
+                raise ValueError(f"run.share_prefix_attention must be one of {ATTENTION_KERNELS}, got {attention!r}")
+            self.packed_attention = attention
         why = supports_shared_prefix(self.llm) if enabled else None
         if why is not None:
             log.warning("run.share_prefix: true but %s; using the unshared path", why)
@@ -207,7 +213,7 @@ class LLMVAGEBC(nn.Module):
         if self._sharing(share_prefix):
             from llmva_gebc.models.shared_prefix import shared_forward
 
-            return shared_forward(self, batch, self.share_prefix_mode)
+            return shared_forward(self, batch, self.share_prefix_mode, self.packed_attention)
         vis = self.visual_tokens(batch)  # (B, Nv, D)
         seqs, labels = [], []
         for i, (prompt, caption) in enumerate(zip(batch["prompt"], batch["caption"])):

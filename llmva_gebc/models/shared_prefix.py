@@ -23,9 +23,16 @@ the unshared samples/s; the cache path pays for the per-sample cache gather and 
 * ``"cache"``: LLM(prefixes) with ``use_cache=True`` (autograd on), the cache rows are gathered per
   sample (``Cache.batch_select_indices``, differentiable), then LLM(continuations, cache=...). Gradients
   flow back through the cached keys/values into the adapter.
-* ``"packed"``: one row per boundary [prefix, cont_1, cont_2, cont_3] with a 4-D additive attention mask
-  (each continuation sees the prefix and itself, causally) and explicit position ids restarting after
-  the prefix.
+* ``"packed"``: one row per boundary [prefix, cont_1, cont_2, cont_3] with explicit position ids
+  restarting after the prefix; each continuation sees the prefix and itself, causally. The attention
+  layout goes to the LLM in one of two forms (``ATTENTION_KERNELS``, :func:`packed_attention_kernel`):
+  ``"dense"``, a 4-D additive mask (G, 1, L, L) (the reference; it rules out the fused SDPA kernels),
+  or ``"flex"``, a ``torch.nn.attention.flex_attention`` ``BlockMask`` built from the same rule, run
+  through Hugging Face's ``flex_attention`` implementation (a fused kernel on a GPU that skips the
+  masked blocks). ``"auto"`` picks flex on CUDA and dense elsewhere: torch 2.13's flex_attention has
+  no backward on CPU ("FlexAttention does not support backward on CPU") and its CPU forward is the
+  unfused reference. Flex results equal dense ones (tests: CPU forward; GPU loss and gradients in
+  ``benchmarks/run.py --sizes full``).
 
 Loss: the mean token cross-entropy over all caption+EOS tokens of the batch (per token, the
 original's Hugging Face mean), as the reference path.
@@ -37,6 +44,7 @@ repetition-penalty semantics are those of the reference call (``input_ids`` star
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from dataclasses import dataclass
@@ -51,6 +59,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 MODES = ("cache", "packed")
+ATTENTION_KERNELS = ("auto", "dense", "flex")
 DEFAULT_MODE = "packed"  # measured faster (see /tmp/readme_shared_prefix.md): ~1.65x vs ~1.4x at base size
 INPUT_KEYS = ("q_tokens", "frames", "ref_points", "other_feats")
 
@@ -186,14 +195,91 @@ def _ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------ training
-def shared_forward(model: "LLMVAGEBC", batch: Dict[str, Any], mode: str = DEFAULT_MODE) -> Dict[str, torch.Tensor]:
+def shared_forward(model: "LLMVAGEBC", batch: Dict[str, Any], mode: str = DEFAULT_MODE,
+                   attention: str = "auto") -> Dict[str, torch.Tensor]:
+    """The shared-prefix loss. ``mode``: one of ``MODES``; ``attention`` (packed mode): one of
+    ``ATTENTION_KERNELS`` (see :func:`packed_attention_kernel`)."""
     if mode not in MODES:
         raise ValueError(f"shared-prefix mode must be one of {MODES}, got {mode!r}")
     lay = build_layout(model, batch)
     conts, starts = _continuations(model, lay, batch)
     if mode == "cache":
         return {"loss": _forward_cache(model, lay, conts, starts)}
-    return {"loss": _forward_packed(model, lay, conts, starts)}
+    kernel = packed_attention_kernel(attention, model.device, grad=torch.is_grad_enabled())
+    return {"loss": _forward_packed(model, lay, conts, starts, kernel)}
+
+
+def flex_available() -> bool:
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask  # noqa: F401
+    except ImportError:  # pragma: no cover - torch < 2.5
+        return False
+    return True
+
+
+def packed_attention_kernel(requested: str, device, grad: bool = True) -> str:
+    """The kernel for the packed layout: ``"dense"`` or ``"flex"``.
+
+    ``requested``: ``"auto"`` (flex on CUDA, dense elsewhere), ``"dense"`` or ``"flex"``. Raises
+    ValueError for an unknown name, and for flex on a CPU when gradients are needed (torch 2.13's
+    flex_attention has no CPU backward)."""
+    if requested not in ATTENTION_KERNELS:
+        raise ValueError(f"packed attention must be one of {ATTENTION_KERNELS}, got {requested!r}")
+    cuda = torch.device(device).type == "cuda"
+    if requested == "auto":
+        return "flex" if cuda and flex_available() else "dense"
+    if requested == "flex":
+        if not flex_available():
+            raise ValueError("packed attention 'flex' needs torch.nn.attention.flex_attention (torch >= 2.5)")
+        if grad and not cuda:
+            raise ValueError(f"packed attention 'flex' cannot train on {torch.device(device).type}: "
+                             "flex_attention has no backward there in this torch; use 'dense' or 'auto'")
+    return requested
+
+
+def packed_mask_mod(seg: torch.Tensor):
+    """The packed layout's rule as a flex ``mask_mod(b, h, q, kv) -> bool``. ``seg`` (G, L) long: 0 for
+    the prefix, k > 0 for continuation k, -1 for padding. A query sees a key when the key is not after
+    it and is in the prefix or in the query's own segment; every position sees itself."""
+
+    def mask_mod(b, h, q, kv):
+        sq, sk = seg[b, q], seg[b, kv]
+        return ((q >= kv) & ((sk == 0) | (sk == sq))) | (q == kv)
+
+    return mask_mod
+
+
+def dense_packed_mask(seg: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """seg (G, L) → the additive mask (G, 1, L, L): 0 where :func:`packed_mask_mod` allows, dtype min elsewhere."""
+    G, L = seg.shape
+    b = torch.arange(G, device=seg.device)[:, None, None]
+    q = torch.arange(L, device=seg.device)[None, :, None]
+    allowed = packed_mask_mod(seg)(b, 0, q, q.transpose(1, 2))  # (G, L, L) [query, key]
+    return torch.zeros(G, 1, L, L, dtype=dtype, device=seg.device).masked_fill(
+        ~allowed[:, None], torch.finfo(dtype).min)
+
+
+def flex_packed_mask(seg: torch.Tensor):
+    """seg (G, L) → a flex_attention ``BlockMask`` of :func:`packed_mask_mod` (blocks wholly masked are skipped)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    G, L = seg.shape
+    return create_block_mask(packed_mask_mod(seg), B=G, H=None, Q_LEN=L, KV_LEN=L, device=seg.device)
+
+
+@contextlib.contextmanager
+def attention_implementation(llm, impl: Optional[str]):
+    """Run ``llm`` with Hugging Face attention implementation ``impl`` (None: unchanged) inside the block."""
+    base = getattr(llm, "get_base_model", lambda: llm)()
+    prev = base.config._attn_implementation
+    if impl is None or impl == prev:
+        yield
+        return
+    base.set_attn_implementation(impl)
+    try:
+        yield
+    finally:
+        base.set_attn_implementation(prev)
 
 
 def _forward_cache(model, lay: Layout, conts, starts) -> torch.Tensor:
@@ -221,7 +307,7 @@ def _forward_cache(model, lay: Layout, conts, starts) -> torch.Tensor:
     return _ce(logits, tgt)
 
 
-def _forward_packed(model, lay: Layout, conts, starts) -> torch.Tensor:
+def _forward_packed(model, lay: Layout, conts, starts, kernel: str = "dense") -> torch.Tensor:
     dev = model.device
     G = len(lay.groups)
     rows = [lay.prefix_lens[g] + sum(len(conts[i]) for i in members) for g, members in enumerate(lay.groups)]
@@ -245,14 +331,12 @@ def _forward_packed(model, lay: Layout, conts, starts) -> torch.Tensor:
             pos[g, o:o + len(c)] = lp + torch.arange(len(c), device=dev)
             tgt[g, o + s - 1:o + len(c) - 1] = torch.tensor(c[s:], device=dev)
             o += len(c)
-    q = torch.arange(L, device=dev)
-    causal = q[None, :, None] >= q[None, None, :]  # (1, L, L) [query, key]
-    same = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])  # (G, L, L)
-    allowed = (causal & same) | torch.eye(L, dtype=torch.bool, device=dev)[None]  # pads see themselves
-    dtype = emb.dtype
-    mask4 = torch.zeros(G, 1, L, L, dtype=dtype, device=dev).masked_fill(
-        ~allowed[:, None], torch.finfo(dtype).min)  # (G, 1, L, L) additive
-    logits = model.llm(inputs_embeds=emb, attention_mask=mask4, position_ids=pos, use_cache=False).logits  # (G, L, V)
+    if kernel == "flex":
+        mask, impl = flex_packed_mask(seg), "flex_attention"  # BlockMask over (G, L, L)
+    else:
+        mask, impl = dense_packed_mask(seg, emb.dtype), None  # (G, 1, L, L) additive
+    with attention_implementation(model.llm, impl):
+        logits = model.llm(inputs_embeds=emb, attention_mask=mask, position_ids=pos, use_cache=False).logits  # (G, L, V)
     return _ce(logits, tgt)
 
 
@@ -295,5 +379,6 @@ def shared_generate(model: "LLMVAGEBC", batch: Dict[str, Any], **overrides) -> L
     return [t.strip() for t in model.tokenizer.batch_decode(res, skip_special_tokens=True)]
 
 
-__all__ = ["MODES", "DEFAULT_MODE", "find_groups", "common_prefix_len", "build_layout", "Layout",
+__all__ = ["MODES", "DEFAULT_MODE", "ATTENTION_KERNELS", "packed_attention_kernel", "packed_mask_mod",
+           "dense_packed_mask", "flex_packed_mask", "attention_implementation", "find_groups", "common_prefix_len", "build_layout", "Layout",
            "supports_shared_prefix", "shared_forward", "shared_generate"]
