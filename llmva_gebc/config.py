@@ -237,6 +237,13 @@ class RunConfig:
     save_every_steps: Optional[int] = None  # also write checkpoint_last/ every N optimizer steps (mid-epoch)
     nan_policy: str = "stop"  # stop | skip
     share_prefix: bool = False
+    # Packed shared-prefix attention kernel: auto (flex on CUDA, dense elsewhere) | dense | flex.
+    share_prefix_attention: str = "auto"
+    # One-GPU speed/memory options (llmva_gebc/engine/accel.py): torch.compile of the adapter and the
+    # LLM forward; fused AdamW (null: on CUDA only); recompute the frozen LLM's layers in the backward.
+    compile: bool = False
+    fused_adamw: Optional[bool] = None
+    gradient_checkpointing: bool = False
     log_every: int = 10
     tensorboard: bool = False
     max_eval_samples: Optional[int] = None

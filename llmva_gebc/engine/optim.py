@@ -9,7 +9,7 @@ step that ``global_step`` counts (step 0 is the first update).
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterable, List, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -36,12 +36,18 @@ def param_groups(named_params: Iterable[Tuple[str, nn.Parameter]], weight_decay:
 
 
 def build_optimizer(named_params: Iterable[Tuple[str, nn.Parameter]], lr: float, weight_decay: float,
-                    betas: Tuple[float, float]) -> torch.optim.AdamW:
-    """AdamW as the original (``betas`` from ``run.betas``), weight decay on ``ndim >= 2`` only."""
+                    betas: Tuple[float, float], fused: Optional[bool] = None) -> torch.optim.AdamW:
+    """AdamW as the original (``betas`` from ``run.betas``), weight decay on ``ndim >= 2`` only.
+
+    ``fused`` (``run.fused_adamw``): None = torch's fused kernel when every parameter is on CUDA, the
+    default implementation otherwise; True/False force it (the same update either way)."""
     b = tuple(float(x) for x in betas)
     if len(b) != 2:
         raise ValueError(f"run.betas must have two values, got {list(betas)}")
-    return torch.optim.AdamW(param_groups(named_params, weight_decay), lr=lr, betas=b)  # type: ignore[arg-type]
+    groups = param_groups(named_params, weight_decay)
+    if fused is None:
+        fused = all(p.device.type == "cuda" for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=lr, betas=b, fused=bool(fused) or None)  # type: ignore[arg-type]
 
 
 class _Schedule:

@@ -259,8 +259,9 @@ class Runner:
         train_ds = self._datasets["train"]
         if self.collate_fn is None:
             self.collate_fn = collate_for(train_ds)
-        if hasattr(model, "set_share_prefix"):
-            model.set_share_prefix(bool(run.share_prefix))
+        from llmva_gebc.engine.accel import apply_run_options
+
+        apply_run_options(model, run)  # share_prefix(+_attention), gradient_checkpointing, compile
         ratios = getattr(train_ds, "sample_ratios", None)
         if ratios is not None and getattr(model, "share_prefix", False):
             raise ValueError("run.share_prefix cannot be combined with datasets.<name>.sample_ratio "
@@ -291,7 +292,8 @@ class Runner:
         # Wrapping, optimiser, schedule.
         self.model = dist.wrap_model(model, run.distributed.strategy, self.device)
         inner = dist.unwrap(self.model)
-        self.optimizer = build_optimizer(inner.trainable_parameters(), run.init_lr, run.weight_decay, run.betas)
+        self.optimizer = build_optimizer(inner.trainable_parameters(), run.init_lr, run.weight_decay, run.betas,
+                                         fused=run.fused_adamw)
         self.batches_per_epoch = self.sampler.batches_per_epoch
         self.steps_per_epoch = -(-self.batches_per_epoch // run.accum_grad_iters)
         self.total_steps = run.max_steps if run.max_steps is not None else run.max_epoch * self.steps_per_epoch

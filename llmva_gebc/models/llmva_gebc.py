@@ -32,8 +32,13 @@ log = logging.getLogger(__name__)
 VIDEO_PREFIX = "Video:"
 
 
-def load_llm(path: str, dtype: torch.dtype, gguf_file: Optional[str] = None, tokenizer_path: Optional[str] = None):
-    """Load a frozen causal LM and its tokenizer from a LOCAL directory (no hub access)."""
+def load_llm(path: str, dtype: torch.dtype, gguf_file: Optional[str] = None, tokenizer_path: Optional[str] = None,
+             device: Optional[torch.device | str] = None):
+    """Load a frozen causal LM and its tokenizer from a LOCAL directory (no hub access).
+
+    ``from_pretrained`` builds the model without initialising the weights it loads; with a CUDA
+    ``device`` the weights go straight onto the card (``device_map``), never through a host copy of
+    the whole model."""
     from pathlib import Path
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -52,6 +57,8 @@ def load_llm(path: str, dtype: torch.dtype, gguf_file: Optional[str] = None, tok
         kw["gguf_file"] = gguf_file
     tok_dir = tokenizer_path or str(p)
     tokenizer = AutoTokenizer.from_pretrained(tok_dir, **kw)
+    if device is not None and torch.device(device).type == "cuda" and not gguf_file:
+        kw["device_map"] = {"": torch.device(device)}
     model = AutoModelForCausalLM.from_pretrained(str(p), dtype=dtype, **kw)
     return model, tokenizer
 
@@ -349,7 +356,7 @@ def build_llmva_gebc(mcfg, device: Optional[torch.device | str] = None) -> LLMVA
             f"model.adapter.hidden_size ({mcfg.adapter.hidden_size}) must equal the image Q-Former width "
             f"model.encoder.qformer.hidden_size ({mcfg.encoder.qformer.hidden_size}): the adapter reads its tokens")
     llm, tokenizer = load_llm(mcfg.llm.path, resolve_dtype(mcfg.llm.dtype, dev, "model.llm.dtype"),
-                              mcfg.llm.gguf_file, mcfg.llm.tokenizer_path)
+                              mcfg.llm.gguf_file, mcfg.llm.tokenizer_path, device=dev)
     if mcfg.llm.lora.enabled:
         llm = _apply_lora(llm, mcfg.llm.lora)
     adapter = build_adapter(mcfg.adapter, llm.get_input_embeddings().weight.shape[1])
@@ -357,7 +364,7 @@ def build_llmva_gebc(mcfg, device: Optional[torch.device | str] = None) -> LLMVA
     if mcfg.use_encoder:
         from llmva_gebc.models.encoder import build_encoder
 
-        encoder = build_encoder(mcfg.encoder)
+        encoder = build_encoder(mcfg.encoder, device=dev)  # a checkpoint is materialised there directly
     model = LLMVAGEBC(adapter, llm, tokenizer, max_txt_len=mcfg.max_txt_len,
                       generation=dict(mcfg.generation), encoder=encoder)
     model.to(dev)
