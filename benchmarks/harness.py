@@ -29,6 +29,14 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def autocast(device: str, precision: str):
+    """Autocast context for ``precision`` (fp32: none; bf16/fp16: torch.autocast on ``device``'s type)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(device.split(":")[0], dtype=dtype)
+
+
 def _rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:

@@ -142,6 +142,7 @@ def section(res: Dict[str, Any]) -> str:
         "",
     ]
     L += _summary(res)
+    L += _full_md(res)
     L += ["### Training (adapter forward + backward + AdamW step through the frozen LLM)", "",
           table(res["train"], _train_cols()), ""]
     L += [f"### Generation (`model.generate`, exactly {res.get('gen_new_tokens', 20)} new tokens per caption)", "",
@@ -218,6 +219,43 @@ def section(res: Dict[str, Any]) -> str:
     return "\n".join(L)
 
 
+def _full_md(res: Dict[str, Any]) -> List[str]:
+    """The full-size LLM shapes (``benchmarks/full.py``): MFU and the projected recipe hours."""
+    rows = res.get("full") or []
+    if not rows:
+        return []
+    from benchmarks import full
+
+    gpu = res["info"]["device"].startswith("cuda")
+    r0 = rows[0]
+    L = ["### Full-size shapes: the recipe on one device", "",
+         f"Random LLMs with the released models' exact shapes, built on the meta device and materialised on "
+         f"`{res['info']['device']}` in {r0['precision']}; the recipe's adapter in fp32 (trainable){', bf16 autocast' if r0['precision'] == 'bf16' else ''}. "
+         f"MFU = achieved FLOP/s (analytic FLOPs, above; for the shared prefix the FLOPs the shared layout needs, "
+         f"not the masked-out work) / {r0['peak_source']}. Recipe = {workload.RECIPE_EPOCHS} epochs × "
+         f"{workload.TRAIN_SPLIT_SAMPLES:,} train samples (26,626 boundaries × 3 caption types) at the row's rate."
+         + ("" if gpu else " **CPU: reduced depth** (`layers` column), one boundary per batch, one run without "
+            "warm-up; `recipe h (est.)` = the full-depth model's FLOPs at the FLOP/s achieved here, not a "
+            "measurement of the full model."), "",
+         table(rows, full.cols()), ""]
+    flex = [r for r in rows if r["attention"] == "flex"]
+    for r in flex:
+        d = [u for u in rows if u["llm"] == r["llm"] and u["attention"] == "dense" and u["kind"] == "train"]
+        if d and d[0].get("loss") is not None and r.get("loss") is not None:
+            L.append(f"* {r['llm']}: flex vs dense packed attention: ×{r['items_per_s'] / d[0]['items_per_s']:.2f} "
+                     f"samples/s; loss {r['loss']:.6f} vs {d[0]['loss']:.6f} (last timed step of each).")
+    gen = [r for r in rows if r["kind"].startswith("generate") and "same_captions" in r]
+    if gen:
+        L.append("* Generation, shared vs unshared: same captions: "
+                 + ", ".join(f"{r['llm']} {'yes' if r['same_captions'] else 'NO'}" for r in gen) + ".")
+    fx = res.get("full_extract")
+    if fx:
+        L.append(f"* Feature extraction, full EVA-ViT-g/14 + Q-Former ({fx['precision']}, {fx['frames_per_call']} "
+                 f"frames per call): **{fx['frames_per_s']:.1f} frames/s**, {fx['achieved_tflops']:.1f} TFLOP/s, "
+                 f"MFU {100 * fx['mfu']:.1f} %.")
+    return L + [""]
+
+
 def _summary(res: Dict[str, Any]) -> List[str]:
     """A few headline numbers (largest measured configurations)."""
     out = []
@@ -245,6 +283,11 @@ def _summary(res: Dict[str, Any]) -> List[str]:
         out.append(f"{r['size']} feature extraction: {_fmt(r['frames_per_s'])} frames/s ({_pct(r)} of the limit)"
                    + (f"; full-depth EVA-ViT-g ≈ {_fmt(r['full_depth_frames_per_s_est'])} frames/s (est.)"
                       if r.get("full_depth_frames_per_s_est") else ""))
+    for r in res.get("full") or []:
+        if r["kind"] == "train" and r["share_prefix"] and r["llm"] == "opt-13b":
+            out.append(f"OPT-13B{' (' + r['layers'] + ' layers)' if r['reduced'] else ''} training, shared prefix "
+                       f"({r['attention']}), batch {r['batch']}: {_fmt(r['items_per_s'])} samples/s, MFU "
+                       f"**{100 * r['mfu']:.1f} %**, recipe {r['recipe_h']:.2f} h{' (est.)' if r['reduced'] else ''}")
     if res.get("score"):
         s = res["score"]
         out.append(f"scoring {s['boundaries']} val boundaries: {s['seconds']:.1f} s")

@@ -16,7 +16,6 @@ values of :func:`train_rows` / :func:`gen_rows` (rows for on/off appear when ``m
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as _dt
 import inspect
 import logging
@@ -34,7 +33,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/run.py` puts benchmarks/ fir
 
 import torch  # noqa: E402
 
-from benchmarks import flops, harness, report, workload  # noqa: E402
+from benchmarks import flops, full, harness, report, workload  # noqa: E402
 
 log = logging.getLogger("benchmarks")
 MIB = 1024 ** 2
@@ -137,12 +136,27 @@ class Plan:
     def gen_precisions(self) -> List[str]:
         return ["fp32", "bf16"] if self.gpu else ["fp32"]
 
+    # Full-size LLM shapes (--sizes full): the whole model on a GPU; on a CPU the same widths at
+    # FULL_CPU_LAYERS decoder layer(s), one boundary per batch, few new tokens, one run without warm-up
+    # (a 13B-wide layer costs seconds per step there), all labelled in the rows.
+    FULL_CPU_LAYERS = 1
 
-def autocast(device: str, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return torch.autocast(device.split(":")[0], dtype=dtype)
+    def full_layers(self) -> Optional[int]:
+        return None if self.gpu else self.FULL_CPU_LAYERS
+
+    def full_batch(self) -> int:
+        return 16 if self.gpu else 3
+
+    def full_gen_batch(self) -> int:
+        return 16 if self.gpu else 3
+
+    def full_new_tokens(self) -> int:
+        return GEN_NEW_TOKENS if self.gpu else 4
+
+    def full_timing(self) -> Dict[str, Any]:
+        if self.gpu:
+            return {"warmup": 2, "reps": 5, "max_s": 20.0, "min_reps": 3}
+        return {"warmup": 0, "reps": 1, "max_s": None, "min_reps": 1}
 
 
 def accepts_share_prefix(model) -> bool:
@@ -181,7 +195,7 @@ def train_rows(ctx, size: str, batch_size: int, precision: str = "fp32", shares:
         kw = {} if share is None else {"share_prefix": share}
 
         def step():
-            with autocast(ctx.device, precision):
+            with harness.autocast(ctx.device, precision):
                 loss = model(batch, **kw)["loss"]  # scalar
             loss.backward()
             opt.step()
@@ -229,7 +243,7 @@ def gen_rows(ctx, size: str, beams: int, shares: Sequence[Optional[bool]] = (Non
         kw = {} if share is None else {"share_prefix": share}
 
         def call():
-            with autocast(ctx.device, precision):
+            with harness.autocast(ctx.device, precision):
                 out[share] = model.generate(batch, num_beams=beams, max_new_tokens=GEN_NEW_TOKENS,
                                             min_new_tokens=GEN_NEW_TOKENS, **kw)
         return call
@@ -528,13 +542,14 @@ def run(args) -> Dict[str, Any]:
         raise SystemExit("--device cuda: torch.cuda.is_available() is False on this machine")
     plan = Plan(args.quick, device)
     sizes = ["tiny"] if args.quick else [s.strip() for s in args.sizes.split(",") if s.strip()]
+    sizes = [x for s in sizes for x in (workload.FULL if s == "full" else [s])]
     unknown = [s for s in sizes if s not in workload.SIZES]
     if unknown:
         raise SystemExit(f"--sizes: unknown {unknown}; known: {sorted(workload.SIZES)}")
     ctx = Ctx(args, device, plan)
     info = ctx.info = machine_info(device)
     res: Dict[str, Any] = {"info": info, "quick": args.quick, "sizes": sizes, "train": [], "gen": [],
-                           "extract": [], "score": None, "profile": [], "notes": []}
+                           "extract": [], "score": None, "profile": [], "notes": [], "full": [], "full_extract": None}
     ctx.say(f"device {device} ({info.get('gpu', info['cpu'])}), {info['torch_threads']} torch threads, "
             f"load average {info['load_avg_start']}")
 
@@ -543,7 +558,20 @@ def run(args) -> Dict[str, Any]:
         ctx.peak_for(prec)
 
     res["threads_probe"] = []
-    for size in sizes:
+    small = [s for s in sizes if not workload.SIZES[s].full]
+    for size in [s for s in sizes if workload.SIZES[s].full]:  # full-size LLM shapes: benchmarks/full.py
+        ctx.set_threads(args.threads or 1)
+        res["full"] += full.full_rows(ctx, size)
+    if res["full"]:
+        if plan.gpu:
+            res["full_extract"] = full.full_extract_row(ctx)
+        else:
+            res["notes"].append("full-size rows on a CPU: the LLM widths at "
+                                f"{plan.FULL_CPU_LAYERS} decoder layer(s), one boundary (3 samples) per batch, "
+                                f"{plan.full_new_tokens()} new tokens, one run without warm-up; the recipe hours "
+                                "are the FULL-depth FLOPs at the achieved FLOP/s (est.). Full EVA-ViT-g "
+                                "extraction runs on a GPU only (the base rows estimate it here).")
+    for size in small:
         ctx.set_threads(args.threads or 1)
         setup_size(ctx, size)
         if not args.threads and not args.quick and not plan.gpu and ctx.default_threads > 1:
@@ -570,7 +598,7 @@ def run(args) -> Dict[str, Any]:
         if plan.gpu:
             res["extract"].append(extract_row(ctx, size, frames, "fp16"))
         # Profile (on the largest size, at batch 4).
-        if size == sizes[-1]:
+        if size == small[-1]:
             res["profile"].append(profile_findings(ctx, size, 4))
         if not can_share:
             res["notes"].append(f"{size}: model.forward has no share_prefix argument: no shared-prefix rows.")
@@ -581,6 +609,12 @@ def run(args) -> Dict[str, Any]:
     res["matmul"] = list(ctx.matmul.values())
     for r in res["train"] + res["gen"] + res["extract"]:
         r["peak_ratio"] = r["achieved_gflops"] * 1e9 / ctx.matmul[r["limit_key"]]["flops"]
+    for r in res["full"]:  # CPU: MFU against the matmul limit as re-measured (GPU: the datasheet peak)
+        if not plan.gpu or "measured" in r["peak_source"]:
+            dt = "bf16" if info["bf16_native"] else "fp32"
+            lim = ctx.matmul.get(f"{dt}@{args.threads or 1}")
+            if lim:
+                r["mfu"] = r["achieved_tflops"] * 1e12 / lim["flops"]
     val = Path(args.val_json)
     if val.is_file():
         res["score"] = score_row(ctx, val)
@@ -597,7 +631,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results.md"), help="markdown file to write")
     ap.add_argument("--quick", action="store_true", help="tiny size, batch 1/4, one timed run (smoke test)")
-    ap.add_argument("--sizes", default="tiny,base", help="comma-separated: tiny,base")
+    ap.add_argument("--sizes", default="tiny,base,full",
+                    help="comma-separated: tiny, base, full (= " + ",".join(workload.FULL) + ") or any of those")
     ap.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda")
     ap.add_argument("--cache-dir", default=str(REPO / "build" / "bench"), help="where the random LLMs are made")
     ap.add_argument("--val-json", default=str(DEFAULT_VAL), help="Kinetics-GEBC val annotations to score")

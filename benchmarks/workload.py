@@ -52,6 +52,7 @@ class Size:
     gen_batch: int  # captions per generate call
     llm: Optional[Dict[str, Any]] = None  # None: make_tiny_llm defaults
     notes: List[str] = field(default_factory=list)
+    full: bool = False  # a full-size LLM shape (FULL_LLMS): built in memory by build_full, never saved
 
 
 SIZES: Dict[str, Size] = {
@@ -73,6 +74,102 @@ SIZES: Dict[str, Size] = {
                "branch); random OPT-125m-shaped decoder (768 hidden, 12 layers, 12 heads, FFN 3072, vocab 50272); "
                f"image encoder = EVA-ViT-g width at {BASE_VIT_LAYERS} of {FULL_VIT_LAYERS} layers + full BLIP-2 Q-Former."]),
 }
+
+
+# ------------------------------------------------------------------------------------ full size
+# The recipe's adapter (H=768, 12 frames × 32 tokens) with the other-feature branch (InternVideo 768 +
+# Omnivore 1536 + CLIP 768 = 3072 wide, 8 queries) over 96 steps, as train_configs/gebc_opt13b.yaml.
+FULL_OTHER_STEPS = 96
+FULL_ADAPTER = [o for o in SIZES["base"].options if o.startswith("model.adapter.")] + [
+    "model.encoder.num_query_tokens=32", "model.encoder.qformer.hidden_size=768",
+    "model.adapter.other_feats=[{name: internvideo, dim: 768}, {name: omnivore, dim: 1536}, {name: clip, dim: 768}]",
+    "model.adapter.other_num_query_tokens=8", "model.adapter.other_max_pos=128"]
+# Exact shapes of the released checkpoints' config.json (random weights, built on the target device).
+FULL_LLMS: Dict[str, Dict[str, Any]] = {
+    "opt-2.7b": dict(arch="opt", hidden_size=2560, num_hidden_layers=32, num_attention_heads=32, ffn_dim=10240,
+                     vocab_size=50272),
+    "opt-6.7b": dict(arch="opt", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, ffn_dim=16384,
+                     vocab_size=50272),
+    "opt-13b": dict(arch="opt", hidden_size=5120, num_hidden_layers=40, num_attention_heads=40, ffn_dim=20480,
+                    vocab_size=50272),
+    "vicuna-13b": dict(arch="llama", hidden_size=5120, num_hidden_layers=40, num_attention_heads=40,
+                       intermediate_size=13824, vocab_size=32000),
+}
+for _name, _llm in FULL_LLMS.items():
+    SIZES[_name] = Size(_name, FULL_ADAPTER, num_frames=12, gen_batch=16, llm=_llm, full=True)
+SIZES["opt-2.7b"].notes.append(
+    "full (`--sizes full`): the recipe's adapter (H=768, 12 frames × 32 tokens, other-feature branch 3072 wide "
+    "over 96 steps, 8 queries) + random LLMs with the exact shapes of " + ", ".join(FULL_LLMS) + ", built on the "
+    "meta device and materialised on the target device in bf16 (fp32 on a CPU without native bf16; reduced depth "
+    "on a CPU, see its section); batch 16 on a GPU.")
+FULL = list(FULL_LLMS)
+# The recipe: 5 epochs over the Kinetics-GEBC train split, 26,626 boundaries × 3 caption types.
+TRAIN_SPLIT_SAMPLES = 26626 * 3
+RECIPE_EPOCHS = 5
+
+
+def llm_config(spec: Dict[str, Any], layers: Optional[int] = None):
+    """A transformers config with the shapes of ``spec`` (``FULL_LLMS``), optionally ``layers`` deep."""
+    from transformers import LlamaConfig, OPTConfig
+
+    from llmva_gebc.models.tiny import make_tokenizer
+
+    kw = {k: v for k, v in spec.items() if k != "arch"}
+    if layers is not None:
+        kw["num_hidden_layers"] = layers
+    tok = make_tokenizer(arch=spec["arch"])
+    ids = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    if spec["arch"] == "opt":
+        return OPTConfig(word_embed_proj_dim=kw["hidden_size"], do_layer_norm_before=True, dropout=0.1,
+                         max_position_embeddings=2048, **ids, **kw), tok
+    return LlamaConfig(rms_norm_eps=1e-6, max_position_embeddings=2048, **ids, **kw), tok
+
+
+def build_llm_on_device(config, device: str, dtype: torch.dtype, seed: int = 0):
+    """A random causal LM built on the meta device, then materialised on ``device`` in ``dtype`` and
+    initialised there (N(0, 0.02) matrices, unit norm weights, zero biases): no full-size host copy, no fp32
+    copy. Non-persistent buffers (LLaMA's rotary frequencies) come from a 0-layer twin built on ``device``."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.to_empty(device=device)
+    g = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim >= 2:
+                p.normal_(0.0, 0.02, generator=g)
+            elif name.endswith("bias"):
+                p.zero_()
+            else:
+                p.fill_(1.0)
+        twin_cfg = copy.deepcopy(config)
+        twin_cfg.num_hidden_layers, twin_cfg.vocab_size = 0, 8
+        with torch.device(device):
+            twin = AutoModelForCausalLM.from_config(twin_cfg, dtype=dtype)
+        twin_bufs = dict(twin.named_buffers())
+        for name, b in model.named_buffers():
+            if name in twin_bufs:
+                b.copy_(twin_bufs[name])
+    model.eval()
+    return model
+
+
+def build_full(size: Size, device: str, dtype: torch.dtype, layers: Optional[int] = None, seed: int = 0):
+    """(model, cfg) for a full-size entry: the recipe's adapter (fp32, trainable) + a random LLM of the
+    entry's exact shapes (``layers`` deep when given) built on ``device`` in ``dtype``."""
+    from llmva_gebc.models.llmva_gebc import LLMVAGEBC, build_adapter
+
+    cfg = load_cfg(size, "unused", "model.use_encoder=false")
+    llm_cfg, tok = llm_config(size.llm, layers)
+    llm = build_llm_on_device(llm_cfg, device, dtype, seed)
+    llm.generation_config.pad_token_id = tok.pad_token_id
+    torch.manual_seed(seed)
+    adapter = build_adapter(cfg.model.adapter, llm_cfg.hidden_size).to(device)
+    model = LLMVAGEBC(adapter, llm, tok, max_txt_len=cfg.model.max_txt_len, generation=dict(cfg.model.generation))
+    return model, cfg
 
 
 def make_llm(size: Size, cache_dir: Path) -> str:
@@ -151,7 +248,8 @@ def make_batch(cfg, size: Size, batch_size: int, seed: int = 0, raw_video: bool 
     }
     dims = [int(o.dim) for o in cfg.model.adapter.other_feats]
     if dims:
-        batch["other_feats"] = torch.randn(nb, cfg.model.adapter.other_max_pos, sum(dims), generator=g)[idx]
+        steps = FULL_OTHER_STEPS if size.full else cfg.model.adapter.other_max_pos
+        batch["other_feats"] = torch.randn(nb, steps, sum(dims), generator=g)[idx]  # (B, S, sum d)
     return batch
 
 

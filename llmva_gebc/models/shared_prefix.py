@@ -335,9 +335,14 @@ def _forward_packed(model, lay: Layout, conts, starts, kernel: str = "dense") ->
         mask, impl = flex_packed_mask(seg), "flex_attention"  # BlockMask over (G, L, L)
     else:
         mask, impl = dense_packed_mask(seg, emb.dtype), None  # (G, 1, L, L) additive
+    # Targets start after the shortest prefix: the LM head runs from there on only (the prefix is ~half
+    # of a packed row, and at a 13B model's vocab × hidden its logits are a large share of the FLOPs).
+    k0 = min(lay.prefix_lens)
+    kw = {"logits_to_keep": L - k0} if model._supports_logits_to_keep() else {}
     with attention_implementation(model.llm, impl):
-        logits = model.llm(inputs_embeds=emb, attention_mask=mask, position_ids=pos, use_cache=False).logits  # (G, L, V)
-    return _ce(logits, tgt)
+        logits = model.llm(inputs_embeds=emb, attention_mask=mask, position_ids=pos, use_cache=False,
+                           **kw).logits  # (G, L-k0, V), or (G, L, V) without logits_to_keep
+    return _ce(logits, tgt[:, L - logits.shape[1]:])
 
 
 # ------------------------------------------------------------------------------------ generation
