@@ -79,3 +79,57 @@ def test_quick_benchmark_writes_table_plot_and_positive_flops(tmp_path):
         assert res["score"]["ROUGE_L"] == pytest.approx(100.0)  # references scored against themselves
     else:  # the run says so in the file instead
         assert res["score"] is None and "scoring skipped" in text
+
+
+def test_full_size_llm_is_built_on_the_device_with_the_exact_shapes():
+    """--sizes full: the released shapes; built on meta then materialised (here on CPU, reduced depth),
+    initialised, and LLaMA's rotary buffers equal those of a normally built model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from benchmarks import workload
+
+    assert workload.FULL == ["opt-2.7b", "opt-6.7b", "opt-13b", "vicuna-13b"]
+    cfg13, _ = workload.llm_config(workload.FULL_LLMS["opt-13b"])
+    assert (cfg13.hidden_size, cfg13.num_hidden_layers, cfg13.ffn_dim, cfg13.vocab_size) == (5120, 40, 20480, 50272)
+    spec = dict(arch="llama", hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=96,
+                vocab_size=600)
+    cfg, _ = workload.llm_config(spec, layers=2)
+    model = workload.build_llm_on_device(cfg, "cpu", torch.bfloat16)
+    assert model.config.num_hidden_layers == 2
+    assert all(p.dtype == torch.bfloat16 and p.device.type == "cpu" for p in model.parameters())
+    ref = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    for (n, b), (_, rb) in zip(model.named_buffers(), ref.named_buffers()):
+        assert torch.equal(b, rb), n
+    w = model.model.layers[0].mlp.up_proj.weight.float()
+    assert abs(w.std().item() - 0.02) < 0.002 and torch.isfinite(w).all()
+    assert torch.equal(model.model.norm.weight, torch.ones_like(model.model.norm.weight))
+    out = model(input_ids=torch.tensor([[1, 5, 9]])).logits
+    assert out.shape == (1, 3, 600) and torch.isfinite(out).all()
+
+
+def test_full_rows_smoke_on_cpu(monkeypatch):
+    """The full-size row code (training off/on, generation, MFU, recipe hours) on a small stand-in shape."""
+    import torch
+
+    from benchmarks import full, run, workload
+
+    spec = dict(arch="opt", hidden_size=64, num_hidden_layers=3, num_attention_heads=4, ffn_dim=128, vocab_size=600)
+    monkeypatch.setitem(workload.SIZES, "opt-test", workload.Size("opt-test", workload.FULL_ADAPTER, num_frames=12,
+                                                                  gen_batch=3, llm=spec, full=True))
+    args = run.argparse.Namespace(quick=False, threads=1)
+    ctx = run.Ctx(args, "cpu", run.Plan(False, "cpu"))
+    ctx.info = {"bf16_native": False}
+    rows = full.full_rows(ctx, "opt-test")
+    assert [(r["kind"], r["share_prefix"]) for r in rows] == [
+        ("train", False), ("train", True), ("generate (4 new tokens)", False), ("generate (4 new tokens)", True)]
+    for r in rows:
+        assert r["layers"] == "1 of 3" and r["reduced"] and r["precision"] == "fp32"
+        assert r["items_per_s"] > 0 and r["achieved_tflops"] > 0 and 0 < r["mfu"]
+    tr = [r for r in rows if r["kind"] == "train"]
+    assert all(r["recipe_h"] > 0 and r["batch"] == 3 for r in tr)
+    assert rows[-1]["same_captions"] is True
+    assert tr[0]["loss"] == pytest.approx(tr[1]["loss"], rel=1e-3)  # shared prefix: same loss (after 1 step each)
+    text = "\n".join(report._full_md({"full": rows, "info": {"device": "cpu"}}))
+    assert "reduced depth" in text and "opt-test" in text and "(est.)" in text
+    assert torch.get_num_threads() >= 1
