@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast demo bench check-java clean
+.PHONY: install test test-fast demo bench bench-gpu check-java clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ demo: install
 
 bench: install
 	$(PY) benchmarks/run.py --out benchmarks/results.md
+
+# On a machine with a CUDA GPU: the full-size rows (OPT-2.7B/6.7B/13B, Vicuna-13B shapes, batch 16, MFU,
+# projected recipe hours) and the other sizes, written as the GPU's own section of results.md.
+bench-gpu: install
+	$(PY) benchmarks/run.py --device cuda --sizes tiny,base,full --out benchmarks/results.md
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

@@ -6,8 +6,11 @@
 * Frames: ``datasets.<dataset>.vis_processor`` (``num_frames``, processor ``name``/``image_size``), T
   frames uniformly over the whole clip (as the reference extracts them; ``sampling: boundary`` does
   not apply to per-video features and is ignored here with a warning).
-* Encoder: ``build_encoder(cfg.model.encoder)``; frames of several videos are batched together
-  (``--batch-size`` frames per forward).
+* Encoder: ``build_encoder(cfg.model.encoder)`` in ``--precision`` (default: the config's
+  ``model.encoder.precision``); frames of several videos are batched together (``--batch-size`` frames
+  per forward).
+* Decoding: ``--num-workers`` DataLoader worker processes decode and preprocess the next videos while
+  the encoder runs (0: in the main process); the outputs do not depend on it.
 * Resumable: a video whose ``.npy`` exists and reads back as (T, Q, H) finite numbers is skipped; one
   that does not (e.g. a 0-byte file another tool left) is redone and listed under ``"redone"``. Each
   ``.npy`` is written to a temporary file in the output folder and renamed into place, so an
@@ -98,6 +101,35 @@ def list_videos(videos_dir: str | os.PathLike, list_file: Optional[str | os.Path
     return out
 
 
+class DecodedVideos(torch.utils.data.Dataset):
+    """Item i: (path, frames (T, 3, S, S) or None, error or None) for ``paths[i]``: one video decoded
+    (``read`` or ``read_frames``) and preprocessed, in a DataLoader worker when there are workers."""
+
+    def __init__(self, paths: Sequence[Path], processor: Callable[[np.ndarray], torch.Tensor], num_frames: int,
+                 read: Optional[Callable[[Path], np.ndarray]] = None) -> None:
+        self.paths, self.processor, self.num_frames, self.read = list(paths), processor, num_frames, read
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        path = self.paths[i]
+        try:
+            raw = self.read(path) if self.read is not None else read_frames(path, self.num_frames)  # (T, h, w, 3)
+            return path, self.processor(raw), None  # frames (T, 3, S, S)
+        except Exception as e:
+            return path, None, f"{type(e).__name__}: {e}"
+
+
+def decoded(ds: DecodedVideos, num_workers: int = 0, pin_memory: bool = False):
+    """Iterate ``ds`` in order; with ``num_workers`` > 0 the videos are decoded in that many worker
+    processes, a few videos ahead of the consumer (the encoder)."""
+    if num_workers <= 0:
+        return (ds[i] for i in range(len(ds)))
+    return iter(torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=num_workers,
+                                            pin_memory=pin_memory, prefetch_factor=4))
+
+
 def extract_features(
     encoder: torch.nn.Module,
     video_paths: Sequence[str | os.PathLike],
@@ -111,13 +143,15 @@ def extract_features(
     progress: bool = True,
     write_report: bool = True,
     read: Optional[Callable[[Path], np.ndarray]] = None,
+    num_workers: int = 0,
 ) -> Dict[str, Any]:
     """Extract (T, Q, H) tokens for each video into ``out_dir/<stem>.npy``; returns the report dict.
 
     ``encoder``: frames (N, 3, S, S) -> (N, Q, H) with ``.device`` and ``.dtype`` (or (N, d): any
     per-frame output, saved per video as (T, ...)). ``read``: path -> uint8 (T, H, W, 3) frames of one
-    video (default ``read_frames(path, num_frames)``). Failures are recorded (``report["failed"]``)
-    and the run goes on.
+    video (default ``read_frames(path, num_frames)``), run in ``num_workers`` DataLoader workers
+    (:func:`decoded`) while the encoder works. Failures are recorded (``report["failed"]``) and the run
+    goes on.
     """
     from tqdm import tqdm
 
@@ -159,8 +193,8 @@ def extract_features(
         pending.clear()
 
     try:
-        for path in tqdm(list(video_paths), desc="extract", unit="video", disable=not progress):
-            path = Path(path)
+        todo: List[Path] = []
+        for path in map(Path, video_paths):
             vid = path.stem
             out = out_dir / f"{vid}.npy"
             if not overwrite and out.is_file():
@@ -170,12 +204,14 @@ def extract_features(
                     continue
                 logger.warning("redoing %s: %s", vid, problem)
                 report["redone"].append({"video": vid, "reason": problem})
-            try:
-                raw = read(path) if read is not None else read_frames(path, num_frames)  # (T, h, w, 3)
-                frames = processor(raw)  # (T, 3, S, S)
-            except Exception as e:
-                report["failed"].append({"video": str(path), "error": f"{type(e).__name__}: {e}"})
+            todo.append(path)
+        pin = torch.device(encoder.device).type == "cuda"
+        items = decoded(DecodedVideos(todo, processor, num_frames, read), num_workers, pin_memory=pin)
+        for path, frames, error in tqdm(items, total=len(todo), desc="extract", unit="video", disable=not progress):
+            if error is not None:
+                report["failed"].append({"video": str(path), "error": error})
                 continue
+            vid = path.stem
             pending.append((vid, frames))
             if sum(len(f) for _, f in pending) >= batch_size:
                 flush()
@@ -207,6 +243,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--list", default=None, help="optional file of video ids or paths, one per line")
     p.add_argument("--dataset", default=None, help="datasets.<name> whose vis_processor to use (default: the first)")
     p.add_argument("--batch-size", type=int, default=64, help="frames per encoder forward")
+    p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"],
+                   help="encoder ViT precision (default: model.encoder.precision; fp16 falls back to fp32 on CPU)")
+    p.add_argument("--num-workers", type=int, default=4,
+                   help="DataLoader worker processes decoding videos while the encoder runs (0: none)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: run.device)")
     p.add_argument("--save-dtype", default="float32", choices=["float32", "float16"])
     p.add_argument("--overwrite", action="store_true", help="recompute videos whose .npy exists")
@@ -224,10 +264,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = a.device or cfg.run.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if a.batch_size < 1 or a.num_workers < 0:
+        p.error("--batch-size must be >= 1 and --num-workers >= 0")
+    if a.precision is not None:
+        cfg.model.encoder.precision = a.precision
     encoder = build_encoder(cfg.model.encoder, device=device)
     videos = list_videos(a.videos, a.list)
     rep = extract_features(encoder, videos, a.out, processor, num_frames, a.batch_size, overwrite=a.overwrite,
-                           save_dtype=a.save_dtype, progress=not a.no_progress)
+                           save_dtype=a.save_dtype, progress=not a.no_progress, num_workers=a.num_workers)
     secs = max(rep["seconds"], 1e-9)
     print(
         f"extract: {rep['extracted']} extracted ({len(rep['redone'])} over a bad existing output),"

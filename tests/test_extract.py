@@ -127,3 +127,29 @@ def test_list_file(videos, tmp_path):
     assert [p.name for p in got] == [f"{ids[0]}.mp4", f"{ids[1]}.mp4", "not_a_video.mp4"]
     rep = extract_features(MeanEncoder(), got, tmp_path / "o", build_processor(None), 2, progress=False)
     assert rep["extracted"] == 2 and "not found" in rep["failed"][0]["error"]
+
+
+def test_decoding_in_dataloader_workers_gives_the_same_outputs(videos, tmp_path):
+    """--num-workers: videos decoded in worker processes while the encoder runs; same files, same order,
+    same failures as decoding in the main process."""
+    paths = list_videos(videos / "videos")  # four clips and the corrupt file
+    proc = build_processor(None)
+    reps, encs = {}, {}
+    for w in (0, 2):
+        encs[w] = MeanEncoder()
+        reps[w] = extract_features(encs[w], paths, tmp_path / f"w{w}", proc, num_frames=3, batch_size=4,
+                                   progress=False, write_report=False, num_workers=w)
+    assert reps[2]["extracted"] == reps[0]["extracted"] == 4 and reps[2]["frames"] == 12
+    assert [f["video"] for f in reps[2]["failed"]] == [f["video"] for f in reps[0]["failed"]]
+    assert len(reps[2]["failed"]) == 1 and "corrupt" in reps[2]["failed"][0]["video"]
+    assert encs[2].calls == encs[0].calls  # the same batches reach the encoder
+    for p in paths:
+        if "corrupt" not in p.name:
+            assert np.array_equal(np.load(tmp_path / "w2" / f"{p.stem}.npy"), np.load(tmp_path / "w0" / f"{p.stem}.npy"))
+
+
+def test_cli_rejects_bad_worker_count(videos, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(["--cfg-path", str(TINY), "--videos", str(videos / "videos"), "--out", str(tmp_path / "o"),
+              "--num-workers", "-1", "--precision", "fp32"])
+    assert e.value.code == 2
