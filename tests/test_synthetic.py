@@ -47,6 +47,11 @@ def test_deterministic(tmp_path):
     generate(tmp_path / "y", 6, seed=1)
     for f in ("train", "val", "test", "video_info"):
         assert (tmp_path / "x/annotations" / f"{f}.json").read_text() == (tmp_path / "y/annotations" / f"{f}.json").read_text()
+    vids = sorted(p.name for p in (tmp_path / "x/videos").glob("*.mp4"))
+    assert len(vids) == 6  # byte-identical clips, in one process and across processes
+    assert all((tmp_path / "x/videos" / v).read_bytes() == (tmp_path / "y/videos" / v).read_bytes() for v in vids)
+    generate(tmp_path / "z", 6, seed=1, workers=2)
+    assert all((tmp_path / "x/videos" / v).read_bytes() == (tmp_path / "z/videos" / v).read_bytes() for v in vids)
 
 
 def test_captions_match_pixels():

@@ -2,8 +2,8 @@
 
     python -m llmva_gebc.data.synthetic --out DIR [--num-videos 240] [--seed 0] [--workers 2]
 
-writes ``DIR/videos/<11-char id>.mp4`` (``size``×``size`` px, 3–6 s at 8 fps, H.264 via PyAV, or
-MPEG-4 part 2 where libx264 is missing), ``DIR/annotations/{train,val,test}.json`` (70/15/15 of the
+writes ``DIR/videos/<11-char id>.mp4`` (``size``×``size`` px, 3–6 s at 8 fps, intra-only H.264 via
+PyAV, or MPEG-4 part 2 where libx264 is missing: byte-identical for the same seed), ``DIR/annotations/{train,val,test}.json`` (70/15/15 of the
 videos; ``test`` without captions, like the real test file), ``DIR/annotations/test_gt.json`` (the
 test captions, as a challenge server would hold them) and ``DIR/annotations/video_info.json``.
 
@@ -77,17 +77,28 @@ def render(frames_spec: List[List[Tuple[str, str, float, float]]], size: int, r:
     return out
 
 
+_CODECS = (
+    ("libx264", {"qp": "12", "preset": "veryfast", "threads": "1",
+                 "x264-params": "keyint=1:bframes=0:rc-lookahead=0:sync-lookahead=0:sliced-threads=0"}),
+    ("mpeg4", {"qscale": "2", "threads": "1"}),
+)
+
+
 def encode_mp4(frames: np.ndarray, path: Path, fps: int) -> str:
-    """Write uint8 (T, H, W, 3) frames to ``path`` atomically; returns the codec used."""
+    """Write uint8 (T, H, W, 3) frames to ``path`` atomically; returns the codec used.
+
+    Intra-only (every frame a key frame), constant quantiser, one thread: no rate control, look-ahead
+    or frame threading whose decisions could vary, so the same frames give byte-identical files.
+    """
     import av
 
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.mp4")
     last = None
-    for codec in ("libx264", "mpeg4"):
+    for codec, opts in _CODECS:
         try:
             with av.open(str(tmp), "w") as c:
-                opts = {"crf": "18", "preset": "veryfast", "threads": "1"} if codec == "libx264" else {"qscale": "2"}
-                s = c.add_stream(codec, rate=fps, options=opts)
+                s = c.add_stream(codec, rate=fps, options=dict(opts))
+                s.codec_context.gop_size, s.codec_context.max_b_frames, s.thread_count = 1, 0, 1
                 s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
                 for f in frames:
                     for pkt in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):

@@ -8,7 +8,8 @@
 * :func:`run_evaluation` — what ``evaluate.py --cfg-path`` runs: model + checkpoint, dataset of the
   split, generation, then (rank 0) ``predictions_<split>.json``, ``submission_<split>.json``,
   ``submit_<split>.pkl`` (every boundary id of the annotation file, empty captions where no input),
-  ``metrics_<split>.json`` when the split has references, and optionally ``report.html``, all in
+  ``metrics_<split>.json`` when the split has references (per caption type, and per boundary label under
+  ``per_label``: :func:`llmva_gebc.eval.metrics.per_label_scores`), and optionally ``report.html``, all in
   ``<run.output_dir>/<run.run_name>/``.
 """
 from __future__ import annotations
@@ -147,7 +148,7 @@ def write_outputs(run_dir: Path, split: str, predictions: List[dict], boundaries
                   *, report: bool = False, videos_dir: Optional[str | Path] = None, report_max_boundaries: int = 100,
                   spice: object = "auto") -> Optional[dict]:
     """Predictions, submission (json + pkl) and, with references, metrics (+ report). Returns metrics."""
-    from llmva_gebc.eval.metrics import score_captions
+    from llmva_gebc.eval.metrics import per_label_scores, score_captions
     from llmva_gebc.eval.submission import build_submission, references_from_boundaries, write_json, write_submission
 
     run_dir = Path(run_dir)
@@ -160,7 +161,8 @@ def write_outputs(run_dir: Path, split: str, predictions: List[dict], boundaries
     refs = references_from_boundaries(boundaries)
     metrics = None
     if refs is not None:
-        metrics = score_captions(sub, refs, spice=spice)
+        metrics, details = score_captions(sub, refs, spice=spice, per_boundary=True)
+        metrics["per_label"] = per_label_scores(details, {b["boundary_id"]: b.get("label", "?") for b in boundaries})
         write_json(metrics, run_dir / f"metrics_{split}.json")
         logger.info("metrics (%s): %s", split, {k: metrics[k] for k in ("CIDEr", "SPICE", "ROUGE_L", "score")})
     if report:

@@ -27,6 +27,8 @@ Result layout::
     {"subject": {"CIDEr": .., "SPICE": ..|None, "ROUGE_L": ..}, "status_before": {..}, "status_after": {..},
      "CIDEr": mean, "SPICE": mean|None, "ROUGE_L": mean, "score": mean of the three|None,
      "num_boundaries": n}            # + "score_without_spice" when SPICE is unavailable
+
+The evaluator adds ``"per_label"`` (:func:`per_label_scores`).
 """
 from __future__ import annotations
 
@@ -325,6 +327,35 @@ def score_captions(predictions: Mapping[str, Mapping[str, str]], references: Map
     return (metrics, details) if per_boundary else metrics
 
 
+def per_label_scores(details: Mapping[str, Mapping[str, Mapping[str, Optional[float]]]],
+                     labels: Mapping[str, str]) -> Dict[str, Dict[str, object]]:
+    """Scores per boundary label from :func:`score_captions`' ``per_boundary`` details.
+
+    ``{label: {type: {"CIDEr", "ROUGE_L", "SPICE"}, "CIDEr": mean over types, "ROUGE_L": .., "SPICE": ..,
+    "num_boundaries": n}}``: each value is the mean of the label's per-boundary scores. CIDEr-D keeps the
+    document frequencies of the WHOLE split (as the corpus score, which is the mean of the per-boundary
+    scores), so the boundary-weighted mean of the labels' CIDEr is the split's CIDEr; rescoring a label's
+    subset alone would give other numbers. SPICE is None where it was not computed.
+    """
+    groups: Dict[str, List[str]] = {}
+    for bid in details:
+        groups.setdefault(labels.get(bid, "?"), []).append(bid)
+    out: Dict[str, Dict[str, object]] = {}
+    for label in sorted(groups):
+        ids = groups[label]
+        entry: Dict[str, object] = {}
+        for ctype in TYPES:
+            entry[ctype] = {m: (None if any(details[i][ctype][m] is None for i in ids)
+                                else float(np.mean([details[i][ctype][m] for i in ids])))
+                            for m in ("CIDEr", "SPICE", "ROUGE_L")}
+        for m in ("CIDEr", "SPICE", "ROUGE_L"):
+            vals = [entry[c][m] for c in TYPES]  # type: ignore[index]
+            entry[m] = None if any(v is None for v in vals) else float(np.mean(vals))
+        entry["num_boundaries"] = len(ids)
+        out[label] = entry
+    return out
+
+
 def headline_score(metrics: Mapping) -> float:
     """``score`` when SPICE was computed, else ``score_without_spice`` (for model selection/logging)."""
     return metrics["score"] if metrics.get("score") is not None else metrics["score_without_spice"]
@@ -349,7 +380,8 @@ def per_boundary_rouge(predictions: Mapping[str, Mapping[str, str]], references:
 
 
 __all__ = [
-    "TYPES", "SUBMISSION_KEYS", "MetricsError", "score_captions", "per_boundary_rouge", "headline_score",
-    "ptb_tokenize", "text_problem", "find_spice_lib", "spice_command", "run_spice", "java_major_version", "caption_of",
+    "TYPES", "SUBMISSION_KEYS", "MetricsError", "score_captions", "per_boundary_rouge", "per_label_scores",
+    "headline_score", "ptb_tokenize", "text_problem", "find_spice_lib", "spice_command", "run_spice",
+    "java_major_version", "caption_of",
     "pycocoevalcap_spice_dir", "SPICE_INSTALL_HINT",
 ]

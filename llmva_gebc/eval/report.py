@@ -1,6 +1,7 @@
 """A self-contained HTML report of an evaluation run (``report.html``: no external files, no script).
 
-Contents: the per-type metric table (CIDEr, SPICE, ROUGE-L, their means and the score) and, for the
+Contents: the per-type metric table (CIDEr, SPICE, ROUGE-L, their means and the score), the per-label
+table (when the metrics have ``per_label``) and, for the
 first ``max_boundaries`` boundaries in split order: id, label, timestamp, two thumbnails (the frames
 at ``timestamp - delta`` and ``timestamp + delta``, when the video is in ``videos_dir``), and per
 caption type the predicted and reference captions with the boundary's ROUGE-L. Thumbnails are JPEGs
@@ -120,6 +121,16 @@ def _metrics_table(metrics: Optional[Mapping]) -> str:
         score = (f"score: — (SPICE unavailable); mean of CIDEr and ROUGE_L: "
                  f"<b>{_fmt(metrics.get('score_without_spice'))}</b>")
     rows.append(f"<p class='score'>{score} over {metrics.get('num_boundaries', '?')} boundaries</p>")
+    if metrics.get("per_label"):
+        rows.append("<h2>Per boundary label</h2><p class='meta'>Mean of the label's per-boundary scores "
+                    "(CIDEr-D with the whole split's document frequencies).</p><table class='metrics'><tr><th>label</th>"
+                    "<th>boundaries</th>" + "".join(f"<th>{t} CIDEr</th>" for t in TYPES)
+                    + "<th>CIDEr</th><th>ROUGE_L</th></tr>")
+        for label, m in metrics["per_label"].items():
+            rows.append(f"<tr><td>{html.escape(label)}</td><td class='num'>{m['num_boundaries']}</td>"
+                        + "".join(f"<td class='num'>{_fmt(m[t]['CIDEr'])}</td>" for t in TYPES)
+                        + f"<td class='num'>{_fmt(m['CIDEr'])}</td><td class='num'>{_fmt(m['ROUGE_L'])}</td></tr>")
+        rows.append("</table>")
     return "\n".join(rows)
 
 
