@@ -5,7 +5,8 @@
 Nothing here is measured on a GPU: FLOPs are the analytic matmul counts of ``benchmarks/flops.py`` (the
 same formulas as ``results.md``) for the recipe's shapes, turned into time with a documented peak
 (default: A100 dense fp16/bf16 312 TFLOP/s, HBM 2.0 TB/s) and an assumed model FLOP utilisation
-(``--mfu``, default 0.35 for training and prefill). Decoding is memory-bound, so each decode step is
+(``--mfu``, default 0.35 for training and prefill; a GPU run of ``benchmarks/run.py --sizes full``
+measures the real one for these shapes: pass it here). Decoding is memory-bound, so each decode step is
 charged ``max(FLOPs / (peak · mfu), bytes of the frozen weights / bandwidth)``. Memory per GPU =
 frozen fp16 weights + the adapter's fp32 weights, gradients and AdamW moments + activations kept for
 the backward through the frozen LLM (``34·s·b·D + 5·heads·s²·b`` bytes per layer, Korthikanti et al.
@@ -24,13 +25,17 @@ from typing import Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.flops import LLMShape, Tokens, encoder_forward, generate_call, adapter_forward, train_step  # noqa: E402
+from benchmarks.workload import FULL_LLMS, RECIPE_EPOCHS, TRAIN_SPLIT_SAMPLES  # noqa: E402
 
-# OPT shapes (the released configs): hidden, layers, heads, FFN; vocab 50272 (beams: the recipe configs).
-OPT = {
-    "OPT-2.7B": (LLMShape(2560, 32, 32, 32, 10240, 50272, False), 2),
-    "OPT-6.7B": (LLMShape(4096, 32, 32, 32, 16384, 50272, False), 4),
-    "OPT-13B": (LLMShape(5120, 40, 40, 40, 20480, 50272, False), 4),
-}
+
+def _opt(name: str) -> LLMShape:
+    c = FULL_LLMS[name]  # the released checkpoints' shapes, as the full-size benchmark rows build them
+    return LLMShape(c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"], c["num_attention_heads"],
+                    c["ffn_dim"], c["vocab_size"], False)
+
+
+# OPT shapes and beams (the recipe configs: 2 beams for 2.7B, 4 for 6.7B/13B).
+OPT = {"OPT-2.7B": (_opt("opt-2.7b"), 2), "OPT-6.7B": (_opt("opt-6.7b"), 4), "OPT-13B": (_opt("opt-13b"), 4)}
 ADAPTER = NS(hidden_size=768, intermediate_size=3072, num_layers=2, num_query_tokens=32, other_num_query_tokens=8,
              other_feats=[NS(dim=768), NS(dim=1536), NS(dim=768)])
 ADAPTER_PARAMS = 45.4e6  # README "What the model computes" (with the other-feature branch)
@@ -38,8 +43,8 @@ EVA_BLIP2 = NS(vision=NS(image_size=224, patch_size=14, hidden_size=1408, num_hi
                qformer=NS(hidden_size=768, num_hidden_layers=12, intermediate_size=3072, cross_attention_frequency=2),
                num_query_tokens=32)
 T, Q, S = 12, 32, 96  # frames, queries per frame, other-feature steps
-TRAIN_B, VAL_B, TEST_B, VIDEOS = 26_626, 6_751, 6_619, 12_434
-EPOCHS, BATCH = 5, 16
+VAL_B, TEST_B, VIDEOS = 6_751, 6_619, 12_434
+EPOCHS, BATCH = RECIPE_EPOCHS, 16
 PROMPT, CAP_MEAN, CAP_P95, NEW_TOKENS = 13, 10, 20, 12  # tokens
 VIS = 40
 
@@ -67,7 +72,7 @@ def estimate(name: str, peak: float, bw: float, mfu: float) -> Dict[str, float]:
     weights = 2 * llm_params(s)  # fp16 bytes
     adapter = adapter_forward(ADAPTER, T, Q, s.hidden, other_steps=S)
     train_flops = train_step(s, batch_tokens(BATCH), adapter, shared=False)
-    steps = EPOCHS * TRAIN_B * 3 / BATCH
+    steps = EPOCHS * TRAIN_SPLIT_SAMPLES / BATCH
     train_h = steps * train_flops / eff / 3600
     # generation: prefill at mfu, then each decode step bounded by reading the weights
     tok = batch_tokens(BATCH)
