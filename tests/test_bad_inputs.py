@@ -503,7 +503,8 @@ def test_feature_pickle_payload_does_not_run_and_arrays_still_load(tmp_path):
 
 
 def test_no_plain_unpickling_in_the_package():
-    """Every pickle read goes through llmva_gebc.safe_pickle (no pickle.load / loads / Unpickler elsewhere)."""
+    """Every pickle read goes through llmva_gebc.safe_pickle (no pickle.load / loads / Unpickler elsewhere,
+    no np.load(allow_pickle=True), torch.load only with weights_only=True)."""
     offenders = []
     for path in sorted((REPO / "llmva_gebc").rglob("*.py")) + [REPO / "evaluate.py", REPO / "train.py"]:
         if path.name == "safe_pickle.py":
@@ -515,4 +516,8 @@ def test_no_plain_unpickling_in_the_package():
             if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "load" and any(
                     k.arg == "allow_pickle" and getattr(k.value, "value", False) is True for k in node.keywords):
                 offenders.append(f"{path.relative_to(REPO)}:{node.lineno} (allow_pickle=True)")
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "load" and \
+                    getattr(node.func.value, "id", None) == "torch" and not any(
+                    k.arg == "weights_only" and getattr(k.value, "value", None) is True for k in node.keywords):
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno} (torch.load without weights_only=True)")
     assert offenders == []
