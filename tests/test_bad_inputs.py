@@ -138,6 +138,27 @@ def test_truncated_faststart_mp4_counts_what_decodes(media, tmp_path):
     assert not (tmp_path / "fs70.npy").exists()
 
 
+def test_stream_copied_cut_with_edit_list_is_not_truncated(media, tmp_path):
+    """An MP4 cut by stream copy keeps 2.5 s of pre-roll frames in its sample table (60 frames) that its
+    edit list hides: 35 frames decode, the declared duration (3.5 s) agrees, so it is no truncation."""
+    import av
+
+    path = tmp_path / "copy_cut.mp4"
+    with av.open(str(media["dir"] / "six_full.mp4")) as src, av.open(str(path), "w") as dst:
+        s = src.streams.video[0]
+        o = dst.add_stream_from_template(s)
+        shift = int(2.5 / s.time_base)
+        for p in src.demux(s):
+            if p.dts is None:
+                continue
+            p.pts, p.dts, p.stream = p.pts - shift, p.dts - shift, o
+            dst.mux(p)
+    info = probe_video(path)
+    assert (info.frames, info.declared_frames, info.shortfall()) == (35, 60, None)
+    assert info.duration == pytest.approx(3.5) and info.declared_duration == pytest.approx(3.5)
+    assert read_frames(path, 4, backend="pyav").shape == (4, H, W, 3)
+
+
 def test_half_cut_clip_boundary_past_last_decodable_frame(media, captioner, capsys):
     path, intact = media["six_half"]
     info = probe_video(path)

@@ -69,7 +69,7 @@ def sample_indices(
     return [lo + (i * n) // num_frames for i in range(num_frames)]
 
 
-TRUNCATION_TOLERANCE = 0.05  # a file may decode this fraction fewer frames than it declares (min. 2)
+TRUNCATION_TOLERANCE = 0.05  # a file may decode this fraction less than it declares (at least 2 frames' worth)
 
 
 @dataclass(frozen=True)
@@ -92,15 +92,18 @@ class DecodedVideo:
     def shortfall(self) -> Optional[str]:
         """A message when clearly fewer frames decode than the header declares (a truncated file), else None.
 
-        "Clearly": more than ``max(2, TRUNCATION_TOLERANCE * declared)`` frames short, or (no frame
-        count declared) more than ``max(2 / fps, TRUNCATION_TOLERANCE * declared)`` seconds short.
+        "Clearly": more than ``max(2 / fps, TRUNCATION_TOLERANCE * declared)`` seconds short of the
+        stream's declared duration, or (no duration declared) more than ``max(2, TRUNCATION_TOLERANCE *
+        declared)`` frames short of its frame count. The duration comes first because an MP4 cut by
+        stream copy lists frames in its sample table that its edit list hides from playback (and from
+        decoding): its frame count overstates, its duration does not.
         """
         short = False
-        if self.declared_frames:
-            short = self.declared_frames - self.frames > max(2, TRUNCATION_TOLERANCE * self.declared_frames)
-        elif self.declared_duration:
+        if self.declared_duration:
             slack = max(2 / self.fps if self.fps else 0.1, TRUNCATION_TOLERANCE * self.declared_duration)
             short = self.declared_duration - self.duration > slack
+        elif self.declared_frames:
+            short = self.declared_frames - self.frames > max(2, TRUNCATION_TOLERANCE * self.declared_frames)
         if not short:
             return None
         return (f"video {self.path} is truncated or corrupt: {self.frames} frames ({self.duration:.2f} s) decode but "
