@@ -138,6 +138,22 @@ def test_truncated_faststart_mp4_counts_what_decodes(media, tmp_path):
     assert not (tmp_path / "fs70.npy").exists()
 
 
+@pytest.mark.parametrize("ext,codec", [(".webm", "libvpx"), (".mkv", "libx264")])
+def test_truncated_matroska_with_a_file_duration(tmp_path, ext, codec):
+    """Matroska states a duration for the file only (no per-stream one); a one-stream file cut in half is caught."""
+    full = write_video(tmp_path / f"full{ext}", 30, 10, codec=codec)
+    half = tmp_path / f"half{ext}"
+    half.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    assert probe_video(full).shortfall() is None
+    info = probe_video(half)
+    assert info.declared_frames is None and info.declared_duration == pytest.approx(3.0) and 0 < info.frames < 25
+    for backend in ("decord", "pyav"):  # decord opens it (unlike a truncated MP4): both compare with the header
+        with pytest.raises(TruncatedVideoError, match=rf"{info.frames} frames \({info.frames / 10:.2f} s\) decode "
+                                                      r"but its header declares 3\.00 s"):
+            read_frames(half, 4, backend=backend)
+    assert read_frames(full, 4, backend="decord").shape == (4, H, W, 3)
+
+
 def test_stream_copied_cut_with_edit_list_is_not_truncated(media, tmp_path):
     """An MP4 cut by stream copy keeps 2.5 s of pre-roll frames in its sample table (60 frames) that its
     edit list hides: 35 frames decode, the declared duration (3.5 s) agrees, so it is no truncation."""

@@ -14,8 +14,8 @@ Frames come back at their stored size as uint8 (T, H, W, 3) RGB; resizing to 224
 the processor's job (``llmva_gebc.data.processors``).
 
 Trust what decodes, not what the header says: the frame count n is that of the decoded frames
-(PyAV decodes the whole stream; decord reads every packet when it opens a file and refuses a
-truncated one). A file that decodes to clearly fewer frames than its header declares (a truncated
+(PyAV decodes the whole stream; decord reads every packet when it opens a file, and refuses a
+truncated MP4). A file that decodes to clearly fewer frames than its header declares (a truncated
 upload) raises ``TruncatedVideoError`` with both counts instead of sampling the T frames from the
 part that survived. ``probe_video`` gives the decoded frame count and duration (from the decoded
 timestamps), also for WebM/MKV recordings whose header states neither. Metadata that is not valid
@@ -78,7 +78,8 @@ class DecodedVideo:
 
     ``frames``: frames that decode; ``duration``: seconds from the decoded timestamps (first frame's
     start to last frame's end); ``declared_frames``/``declared_duration``: the header's frame count and
-    video-stream duration, None where it states none (WebM/MKV from browser and webcam recorders).
+    video-stream duration (the file's, for a file with one stream), None where it states none
+    (WebM/MKV from browser and webcam recorders).
     """
 
     path: str
@@ -116,6 +117,17 @@ class DecodedVideo:
         return ", ".join(x for x in parts if x) or "nothing"
 
 
+def _declared(container) -> Tuple[Optional[int], Optional[float]]:
+    """(frame count, duration in s) that an open PyAV container's header declares for its video stream."""
+    stream = container.streams.video[0]
+    frames = int(stream.frames) or None
+    duration = float(stream.duration * stream.time_base) if stream.duration and stream.time_base is not None else None
+    if duration is None and container.duration and len(container.streams) == 1:
+        # MKV/WebM state a duration for the file only; with no other stream (audio) it is the video's
+        duration = container.duration / 1_000_000
+    return frames, duration
+
+
 def _decode_pyav(path: str, keep: bool) -> Tuple[List[np.ndarray], DecodedVideo]:
     """Decode every frame PyAV can; RGB arrays only when ``keep``. Stops at the first demuxer/decoder error.
 
@@ -143,9 +155,7 @@ def _decode_pyav(path: str, keep: bool) -> Tuple[List[np.ndarray], DecodedVideo]
                         last_len = float(frame.duration * frame.time_base)
         except av.FFmpegError as e:  # truncated/corrupt data: what decoded so far is the clip
             error = f"{type(e).__name__}: {e}"
-        declared_frames = int(stream.frames) or None
-        declared_duration = (float(stream.duration * stream.time_base)
-                             if stream.duration and stream.time_base is not None else None)
+        declared_frames, declared_duration = _declared(container)
     step = last_len or (1.0 / fps if fps else 0.0)
     if times:
         duration = max(times) - min(times) + step
@@ -181,10 +191,20 @@ def probe_video(path: str | os.PathLike) -> DecodedVideo:
 def _read_decord(path: str, num_frames: int, sampling: str, boundary, window) -> np.ndarray:
     import decord
 
-    # decord reads every packet on open (to index the key frames), so a truncated file fails here and
-    # goes to PyAV, which counts what decodes
+    # decord reads every packet on open (to index the key frames): its count is what the file holds
+    # (a truncated MP4 fails here and goes to PyAV); compare it with what the header declares
     vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-    idx = sample_indices(len(vr), num_frames, sampling, vr.get_avg_fps(), boundary, window)
+    n, fps = len(vr), vr.get_avg_fps()
+    if n:
+        import av
+
+        with av.open(path, metadata_errors="ignore") as container:
+            declared = _declared(container) if container.streams.video else (None, None)
+        start, end = vr.get_frame_timestamp(0)[0], vr.get_frame_timestamp(n - 1)[1]
+        short = DecodedVideo(path, n, float(end - start), fps or None, *declared).shortfall()
+        if short:
+            raise TruncatedVideoError(short)
+    idx = sample_indices(n, num_frames, sampling, fps, boundary, window)
     out = vr.get_batch(idx)
     return out.asnumpy() if hasattr(out, "asnumpy") else out.numpy()
 
