@@ -323,9 +323,18 @@ class EpochBatchSampler(torch.utils.data.Sampler):
     dropping the last partial one so every rank runs the same number of steps.
 
     Each element is ``(index, sample_seed)`` so a :class:`SeededDataset` can seed per-sample
-    randomness. ``set_epoch(e, start_batch=k)`` restarts epoch ``e`` at batch ``k`` (resume) without
-    touching any global RNG.
+    randomness. Resume positions count **samples**: after ``k`` batches on every rank the samples
+    consumed are exactly the first ``k * batch_size * world_size`` entries of the epoch's order (the
+    ranks interleave), whatever the batch size. ``set_epoch(e, start_sample=P)`` restarts epoch ``e``
+    after those ``P`` samples: the rest of the order (padded by wrapping around) is sharded and batched
+    with the *current* batch size and world size, so a run resumed with another ``batch_size`` or
+    number of processes trains every remaining sample once (at most ``batch_size*world_size - 1`` are
+    dropped at the epoch's end, as in any epoch). With unchanged settings the batches equal an
+    uninterrupted run's. ``start_batch=k`` is ``start_sample = k * batch_size * world_size``. No
+    global RNG is touched.
     """
+
+    exact_world_remap = True  # a resume position carries over to another world size
 
     def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1,
                  seed: int = 0, shuffle: bool = True) -> None:
@@ -333,7 +342,7 @@ class EpochBatchSampler(torch.utils.data.Sampler):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.n, self.batch_size, self.rank, self.world_size = num_samples, batch_size, rank, world_size
         self.seed, self.shuffle = seed, shuffle
-        self.epoch, self.start_batch = 0, 0
+        self.epoch, self.start_sample = 0, 0
         per_rank = -(-num_samples // world_size)
         self.batches_per_epoch = per_rank // batch_size
         if self.batches_per_epoch == 0:
@@ -341,27 +350,39 @@ class EpochBatchSampler(torch.utils.data.Sampler):
                 f"the training set has {num_samples} samples, fewer than batch_size ({batch_size}) x "
                 f"world_size ({world_size}); lower run.batch_size_train")
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
+    @property
+    def samples_per_batch(self) -> int:
+        """Samples consumed over all ranks by one batch on every rank."""
+        return self.batch_size * self.world_size
 
-    def _order(self) -> List[int]:
+    def set_epoch(self, epoch: int, start_batch: int = 0, start_sample: Optional[int] = None) -> None:
+        self.epoch = epoch
+        self.start_sample = start_batch * self.samples_per_batch if start_sample is None else int(start_sample)
+
+    def _full_order(self) -> List[int]:
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
-        total = -(-self.n // self.world_size) * self.world_size
-        order = (order * (total // max(self.n, 1) + 1))[:total]
-        return order[self.rank::self.world_size]
+            return torch.randperm(self.n, generator=g).tolist()
+        return list(range(self.n))
+
+    def _order(self) -> List[int]:
+        """This rank's share of the epoch's order after ``start_sample`` (padded by wrapping around)."""
+        order = self._full_order()
+        rest = order[min(self.start_sample, self.n):]
+        total = -(-len(rest) // self.world_size) * self.world_size
+        rest = (rest + order * (-(-(total - len(rest)) // max(self.n, 1))))[:total]
+        return rest[self.rank::self.world_size]
 
     def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
         mine = self._order()
-        for b in range(self.start_batch, self.batches_per_epoch):
+        for b in range(len(mine) // self.batch_size):
             idx = mine[b * self.batch_size:(b + 1) * self.batch_size]
             yield [(i, sample_seed(self.seed, self.epoch, i)) for i in idx]
 
     def __len__(self) -> int:
-        return self.batches_per_epoch - self.start_batch
+        """Batches left in this epoch after ``start_sample``."""
+        rest = max(self.n - self.start_sample, 0)
+        return -(-rest // self.world_size) // self.batch_size
 
 
 class SeededDataset(torch.utils.data.Dataset):

@@ -10,8 +10,10 @@ across DDP ranks.
   of ``world_size`` boundaries, rank ``r`` takes boundaries ``r::world_size``, flattens them to samples
   (in dataset order inside a boundary) and cuts ``batch_size``-sample batches, dropping the last partial
   one. ``batches_per_epoch`` is the same on every rank and in every epoch. Elements are
-  ``(index, sample_seed)`` for :class:`llmva_gebc.dist.SeededDataset`; ``set_epoch(e, start_batch=k)``
-  resumes. With a ``batch_size`` that is a multiple of 3 every batch holds whole boundaries; otherwise
+  ``(index, sample_seed)`` for :class:`llmva_gebc.dist.SeededDataset`; ``set_epoch(e, start_sample=P)``
+  resumes after ``P`` samples (all ranks together; each rank skips ``P / world_size`` of its own list),
+  so a changed ``batch_size`` is re-mapped exactly. A changed ``world_size`` cannot be (each rank's list
+  depends on it): ``exact_world_remap`` is False and the trainer refuses such a mid-epoch resume. With a ``batch_size`` that is a multiple of 3 every batch holds whole boundaries; otherwise
   the boundaries at batch edges are split (still correct, just less sharing).
 * :class:`BoundaryShardSampler` (evaluation / generation): rank ``r`` gets boundaries ``r::world_size``,
   flattened to sample indices; no padding, so every sample is generated exactly once over all ranks.
@@ -88,6 +90,8 @@ def boundary_groups(dataset) -> List[List[int]]:
 class BoundaryBatchSampler(EpochBatchSampler):
     """:class:`EpochBatchSampler` over whole boundaries (see the module docstring)."""
 
+    exact_world_remap = False
+
     def __init__(self, groups: Sequence[Sequence[int]], batch_size: int, rank: int = 0, world_size: int = 1,
                  seed: int = 0, shuffle: bool = True) -> None:
         self.groups = [list(g) for g in groups]
@@ -104,17 +108,32 @@ class BoundaryBatchSampler(EpochBatchSampler):
                 f"the training set has {len(self.groups)} boundaries ({n} samples), too few for batch_size "
                 f"({batch_size}) x world_size ({world_size}); lower run.batch_size_train")
         super().__init__(len(self.groups), 1, rank, world_size, seed, shuffle)  # group-level order
-        self.num_samples, self.batch_size = n, batch_size
+        self.num_samples, self.batch_size, self.min_samples = n, batch_size, min_samples
         self.batches_per_epoch = min_samples // batch_size
         if batch_size % 3 and {len(g) for g in self.groups} == {3}:
             log.warning("run.batch_size_train=%d is not a multiple of 3: boundaries at batch edges are split "
                         "(correct, but less prefix sharing)", batch_size)
 
+    def _group_order(self) -> List[int]:
+        """This rank's boundaries of the epoch (the whole epoch: resume offsets are per rank here)."""
+        order = self._full_order()
+        total = -(-len(order) // self.world_size) * self.world_size
+        order = (order * (total // len(order) + 1))[:total]
+        return order[self.rank::self.world_size]
+
+    def _rank_offset(self) -> int:
+        """Samples of this rank's list already consumed (``start_sample`` counts all ranks together)."""
+        return self.start_sample // self.world_size
+
     def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
-        mine = [i for g in self._order() for i in self.groups[g]]  # this rank's samples, boundary by boundary
-        for b in range(self.start_batch, self.batches_per_epoch):
-            idx = mine[b * self.batch_size:(b + 1) * self.batch_size]
+        mine = [i for g in self._group_order() for i in self.groups[g]]  # this rank's samples, boundary by boundary
+        k = self._rank_offset()
+        for b in range(len(self)):
+            idx = mine[k + b * self.batch_size:k + (b + 1) * self.batch_size]
             yield [(i, sample_seed(self.seed, self.epoch, i)) for i in idx]
+
+    def __len__(self) -> int:
+        return max(self.min_samples - self._rank_offset(), 0) // self.batch_size
 
 
 class BoundaryShardSampler(torch.utils.data.Sampler):

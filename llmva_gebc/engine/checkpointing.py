@@ -5,8 +5,11 @@ Layout of ``<run_dir>/checkpoint_last/`` (and ``checkpoint_best/``):
 * ``model.safetensors`` — the trainable weights only (``model.trainable_state_dict()`` keys);
 * ``trainer_state.pt`` — a dict of tensors and plain containers, loadable with
   ``torch.load(weights_only=True)``: optimizer, scheduler (``{"step": s}``), grad scaler, ``epoch``,
-  ``global_step``, ``batch_in_epoch`` (micro-batches of ``epoch`` already consumed), best metric,
-  skipped-step count, world size, and the python/numpy/torch/CUDA RNG states of every rank.
+  ``global_step``, ``samples_in_epoch`` (samples of ``epoch``'s order already consumed by all ranks:
+  the resume position, valid for another batch size), ``batch_in_epoch`` (micro-batches of it at
+  ``batch_size_train``), ``epoch_loss`` (``[sum, steps]`` of the epoch's step losses so far),
+  ``pending_validation`` (an epoch trained but not yet validated, or None), best metric, skipped-step
+  count, world size, and the python/numpy/torch/CUDA RNG states of every rank.
 
 Atomic replacement of a directory ``T`` (a kill at any instant leaves a loadable checkpoint):
 

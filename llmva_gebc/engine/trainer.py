@@ -302,8 +302,14 @@ class Runner:
         use_scaler = self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
 
-        # Counters.
-        self.epoch, self.batch_in_epoch, self.global_step = 0, 0, 0
+        # Counters. samples_in_epoch: samples of this epoch's order consumed by all ranks together (the
+        # resume position; see EpochBatchSampler); batch_in_epoch: batches of it at the current batch size.
+        self.epoch, self.batch_in_epoch, self.samples_in_epoch, self.global_step = 0, 0, 0, 0
+        self._epoch_loss_sum, self._epoch_steps = 0.0, 0  # this rank's optimizer-step losses of the epoch
+        self.epoch_finished = False
+        # An epoch whose training is done and saved in checkpoint_last but whose validation and epoch
+        # record are not: {"epoch", "loss_sum", "steps"} (resuming runs that validation first).
+        self.pending: Optional[Dict[str, Any]] = None
         self.best_value: Optional[float] = None
         self.best_epoch: Optional[int] = None
         self.skipped_steps = 0
@@ -321,21 +327,77 @@ class Runner:
         self.global_step, self.skipped_steps = int(st["global_step"]), int(st["skipped_steps"])
         self.best_value = st.get("best_value")
         self.best_epoch = st.get("best_epoch")
+        old_world = int(st["world_size"])
+        old_batch = int(st.get("batch_size_train", self.run.batch_size_train))
+        # checkpoints written before positions counted samples: batches of the same batch size
+        self.samples_in_epoch = int(st.get("samples_in_epoch", self.batch_in_epoch * old_batch * old_world))
+        self._epoch_loss_sum, self._epoch_steps = (float(st["epoch_loss"][0]), int(st["epoch_loss"][1])) \
+            if "epoch_loss" in st else (0.0, 0)
+        self.pending = st.get("pending_validation")
+        self._remap_position(old_batch, old_world)
         rng = st["rng"]
-        if int(st["world_size"]) == self.world:
+        if old_world == self.world:
             ckpt.set_rng_state(rng[self.rank])
         else:
             log.warning("resuming with %d processes from a %d-process checkpoint: RNG streams re-seeded, "
-                        "the run will not be bit-identical", self.world, int(st["world_size"]))
+                        "the run will not be bit-identical", self.world, old_world)
         if self.main:
             self._truncate_metrics(self.global_step)
 
+    def _remap_position(self, old_batch: int, old_world: int) -> None:
+        """Continue epoch ``self.epoch`` after ``samples_in_epoch`` samples with the current batch size
+        and world size (exact, see EpochBatchSampler), or refuse where that is not possible."""
+        new_batch, new_world = int(self.run.batch_size_train), self.world
+        if (old_batch, old_world) == (new_batch, new_world):
+            return
+        if self.samples_in_epoch and new_world != old_world and not getattr(self.sampler, "exact_world_remap", True):
+            raise ValueError(
+                f"run.resume: the checkpoint was written mid-epoch (epoch {self.epoch}, after "
+                f"{self.samples_in_epoch} samples) by {old_world} processes; with run.share_prefix the samples "
+                f"left in that epoch cannot be re-sharded over {new_world} processes exactly. Resume with "
+                f"{old_world} processes, or from a checkpoint written at the end of an epoch")
+        self.sampler.set_epoch(self.epoch, start_sample=self.samples_in_epoch)
+        left = len(self.sampler)
+        self.batch_in_epoch = self.batches_per_epoch - left
+        epochs_after = max(int(self.run.max_epoch) - self.epoch - 1, 0)
+        if self.run.max_steps is None:  # the schedule ends where the re-batched run ends
+            self.total_steps = self.global_step + -(-left // self.run.accum_grad_iters) \
+                + epochs_after * self.steps_per_epoch
+            if hasattr(self.scheduler, "total_steps"):
+                self.scheduler.total_steps = self.total_steps
+        if self.main:
+            log.warning(
+                "resuming with batch size %d x %d processes from a checkpoint written with %d x %d: epoch %d "
+                "continues after its first %d samples with %d batches of %d (no sample skipped or repeated); "
+                "the schedule now ends at step %d; the run will not be bit-identical to an uninterrupted one",
+                new_batch, new_world, old_batch, old_world, self.epoch, self.samples_in_epoch, left,
+                new_batch * new_world, self.total_steps)
+
     def _truncate_metrics(self, step: int) -> None:
-        """Drop log lines past the resumed step (written by the interrupted run after its checkpoint)."""
+        """Drop log lines past the resumed step (written by the interrupted run after its checkpoint),
+        the epoch record of a validation that is to be rerun, and a partial line (a kill during a write),
+        with a warning naming the file and line."""
         path = self.run_dir / "metrics.jsonl"
         if not path.exists():
             return
-        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        keep = []
+        lines = path.read_text(errors="replace").splitlines()
+        pending = self.pending["epoch"] if self.pending else None
+        for n, ln in enumerate(lines, 1):
+            if not ln.strip():
+                continue
+            try:
+                rec = json.loads(ln)
+                if not isinstance(rec, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as e:
+                where = "its last line" if n == len(lines) else f"line {n} of {len(lines)}"
+                log.warning("%s: %s is not valid JSON (%s; left by an interrupted write?); dropped: %.80r",
+                            path, where, e, ln)
+                continue
+            if rec.get("step", 0) > step or (rec.get("type") == "epoch" and rec.get("epoch") == pending):
+                continue
+            keep.append(ln)
         tmp = path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(k + "\n" for k in keep))
         os.replace(tmp, path)
@@ -360,6 +422,8 @@ class Runner:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "global_step": self.global_step,
+            "samples_in_epoch": self.samples_in_epoch, "batch_size_train": int(self.run.batch_size_train),
+            "epoch_loss": [self._epoch_loss_sum, self._epoch_steps], "pending_validation": self.pending,
             "best_value": self.best_value, "best_epoch": self.best_epoch, "skipped_steps": self.skipped_steps,
             "world_size": self.world, "rng": dist.all_gather_object(ckpt.get_rng_state()),
         }
@@ -396,12 +460,16 @@ class Runner:
         """Returns True when run.max_steps was reached."""
         run, accum = self.run, self.run.accum_grad_iters
         self.model.train()
-        self.sampler.set_epoch(self.epoch, start_batch=self.batch_in_epoch)
+        self.sampler.set_epoch(self.epoch, start_sample=self.samples_in_epoch)
+        n_left = len(self.sampler)  # batches left in this epoch (all of it unless resuming mid-epoch)
+        self.epoch_finished = n_left == 0
         window_losses: List[float] = []
         window_ok = True
         t_last, samples_since = time.perf_counter(), 0
-        for b_idx, batch in enumerate(self.loader, start=self.batch_in_epoch):
-            last_micro = (b_idx + 1) % accum == 0 or b_idx + 1 == self.batches_per_epoch
+        for j, batch in enumerate(self.loader):
+            b_idx = self.batch_in_epoch
+            # a resume position is always at an optimizer step: accumulation windows restart there
+            last_micro = (j + 1) % accum == 0 or j + 1 == n_left
             batch = to_device(batch, self.device)
             with dist.no_grad_sync(self.model, enabled=not last_micro):
                 with self._autocast():
@@ -414,6 +482,8 @@ class Runner:
             window_losses.append(float(loss.detach()) if ok else float("nan"))
             samples_since += len(batch.get("boundary_id") or []) or run.batch_size_train
             self.batch_in_epoch = b_idx + 1
+            self.samples_in_epoch += self.sampler.samples_per_batch
+            self.epoch_finished = j + 1 == n_left
             if not last_micro:
                 continue
 
@@ -447,7 +517,7 @@ class Runner:
                     bar.update(1)
             stepped, window_losses, window_ok = window_ok, [], True
             if stepped and run.save_every_steps and self.global_step % run.save_every_steps == 0 \
-                    and self.batch_in_epoch < self.batches_per_epoch:  # epoch ends save in train()
+                    and not self.epoch_finished:  # epoch ends save in train()
                 self._save("checkpoint_last")
             if run.max_steps is not None and self.global_step >= run.max_steps:
                 return True
@@ -481,9 +551,12 @@ class Runner:
         return list(generate_predictions(dist.unwrap(self.model), dataset, self.run.batch_size_eval,
                                          self.collate_fn, self.main, distributed=True, desc=desc))
 
+    def _will_validate(self) -> bool:
+        return self._datasets.get("val") is not None and bool(self.run.evaluate_each_epoch)
+
     def _validate(self) -> Dict[str, Any]:
         ds = self._datasets.get("val")
-        if ds is None or not self.run.evaluate_each_epoch:
+        if not self._will_validate():
             return {}
         if self.run.max_eval_samples is not None and self.run.max_eval_samples < len(ds):
             ds = torch.utils.data.Subset(ds, list(range(self.run.max_eval_samples)))
@@ -554,30 +627,34 @@ class Runner:
                      self.run_dir, self.world, self.batches_per_epoch, self.steps_per_epoch, self.total_steps)
         t0 = time.perf_counter()
         step0 = self.global_step
-        done = self.global_step >= self.total_steps
-        while not done and self.epoch < run.max_epoch:
-            self._epoch_loss_sum, self._epoch_steps = 0.0, 0
-            done = self._train_epoch(bar)
-            epoch_complete = self.batch_in_epoch >= self.batches_per_epoch
+        done = run.max_steps is not None and self.global_step >= run.max_steps
+        while self.pending is not None or (not done and self.epoch < run.max_epoch):
+            if self.pending is None:
+                done = self._train_epoch(bar)
+                self.pending = {"epoch": self.epoch, "loss_sum": self._epoch_loss_sum, "steps": self._epoch_steps}
+                if self.epoch_finished:
+                    self.epoch, self.batch_in_epoch, self.samples_in_epoch = self.epoch + 1, 0, 0
+                    self._epoch_loss_sum, self._epoch_steps = 0.0, 0
+                if self._will_validate():  # nothing of the epoch's training is lost if validation fails
+                    self._save("checkpoint_last")
             with _rng_preserved(self.device):  # validation must not shift the training RNG streams
                 val = self._validate()
             better = self._is_better(val)
-            record = {"type": "epoch", "step": self.global_step, "epoch": self.epoch,
-                      "train_loss": self._epoch_loss_sum / max(self._epoch_steps, 1), **val}
+            pend, self.pending = self.pending, None
+            record = {"type": "epoch", "step": self.global_step, "epoch": pend["epoch"],
+                      "train_loss": pend["loss_sum"] / max(pend["steps"], 1), **val}
             if better is not None:
-                self.best_value, self.best_epoch = better, self.epoch
+                self.best_value, self.best_epoch = better, pend["epoch"]
             record.update(best_metric=run.best_metric if self.higher_is_better else "val_loss",
                           best_value=self.best_value, best_epoch=self.best_epoch)
             self._log(record)
             if self.main:
-                log.info("epoch %d: %s", self.epoch, {k: v for k, v in record.items() if k != "type"})
-            if epoch_complete:
-                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                log.info("epoch %d: %s", pend["epoch"], {k: v for k, v in record.items() if k != "type"})
             state = self._state()
             if better is not None or not val:
                 self._save("checkpoint_best", state)
             self._save("checkpoint_last", state)
-            done = done or self.global_step >= self.total_steps
+            done = done or (run.max_steps is not None and self.global_step >= run.max_steps)
         if bar is not None:
             bar.close()
         elapsed = time.perf_counter() - t0
