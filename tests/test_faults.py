@@ -132,3 +132,169 @@ def test_failed_validation_keeps_the_epoch_and_resume_reruns_it(tmp_path, monkey
     assert all(torch.equal(a[k], b[k]) for k in a)
     _, st, _ = ckpt.load_checkpoint(run_b / "checkpoint_last")
     assert st["pending_validation"] is None
+
+
+# ------------------------------------------------------------------------------------ failed loads
+def test_failed_load_leaves_the_model_untouched(tiny_cfg_factory, tmp_path):
+    from safetensors.torch import save_file
+
+    from llmva_gebc.models import build_model
+    from llmva_gebc.models.checkpoint import load_trainable
+
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg_factory("opt").model)
+    before = {k: v.clone() for k, v in model.trainable_state_dict().items()}
+    torch.manual_seed(1)
+    other = {k: torch.randn_like(v) for k, v in before.items()}
+    last = sorted(other)[-1]  # every other key would be copied first by a check-as-you-go load
+    other[last] = torch.randn(*[d + 1 for d in other[last].shape])
+    with pytest.raises(ValueError, match=f"shape mismatch for 1 tensors: '{last}'") as e:
+        model.load_trainable_state_dict(other)
+    assert "nothing was loaded" in str(e.value)
+    save_file(other, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match=f"checkpoint {tmp_path}.*does not fit the model: shape mismatch"):
+        load_trainable(model, tmp_path)
+    del other[last]
+    other["adapter.not_a_weight"] = torch.zeros(1)
+    save_file(other, str(tmp_path / "model.safetensors"))
+    with pytest.raises(KeyError, match="unexpected"):
+        load_trainable(model, tmp_path, allow_partial=True)
+    after = model.trainable_state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_truncated_checkpoints_name_the_file(tmp_path, monkeypatch):
+    from llmva_gebc.models.checkpoint import CheckpointReadError, main, read_state_dict
+
+    r = _run(toy_config(tmp_path, max_epoch=1, evaluate_each_epoch=False))
+    last = r.run_dir / "checkpoint_last"
+    weights = last / "model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[:-100])
+    with pytest.raises(CheckpointReadError, match=f"checkpoint {weights} is truncated or corrupt"):
+        Runner(toy_config(tmp_path, max_epoch=2, resume=str(last)), model=_toy_model(),
+               datasets=toy_datasets()).train()
+    with pytest.raises(CheckpointReadError, match="truncated or corrupt"):
+        read_state_dict(weights)  # what evaluate.py --ckpt and llmva_gebc.load read
+    weights.write_bytes(good)
+    state = last / "trainer_state.pt"
+    state.write_bytes(state.read_bytes()[:200])
+    with pytest.raises(CheckpointReadError, match=f"cannot read {state}.*truncated or corrupt"):
+        ckpt.load_checkpoint(last)
+    listed = tmp_path / "list.pth"
+    torch.save([torch.zeros(2)], listed)
+    with pytest.raises(SystemExit) as e:
+        main(["convert", str(listed), str(tmp_path / "conv")])
+    assert e.value.code == 2
+
+
+# ------------------------------------------------------------------------------------ full disk, read-only
+def _disk_fills_after(monkeypatch, module, nbytes: int):
+    """Files opened for writing by ``module`` raise ENOSPC once ``nbytes`` have been written to them."""
+    import builtins
+    import errno
+
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def write(self, b):
+            self.n += len(b)
+            if self.n > nbytes:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(b)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+    def full_open(path, mode="r", *a, **kw):
+        f = real_open(path, mode, *a, **kw)
+        return Full(f) if "w" in mode else f
+
+    monkeypatch.setattr(module, "open", full_open, raising=False)
+
+
+def test_disk_full_during_checkpoint_save_names_the_path_and_keeps_the_previous(tmp_path, monkeypatch):
+    from llmva_gebc.fileio import OutputWriteError
+
+    r = _run(toy_config(tmp_path, max_epoch=1, evaluate_each_epoch=False))
+    last = r.run_dir / "checkpoint_last"
+    w0, st0, _ = ckpt.load_checkpoint(last)
+    _disk_fills_after(monkeypatch, ckpt, 600)  # the weights fit, trainer_state.pt does not
+    with pytest.raises(OutputWriteError) as e:
+        _run(toy_config(tmp_path, max_epoch=2, resume=str(last), evaluate_each_epoch=False))
+    best = r.run_dir / "checkpoint_best"  # without validation, written first at each epoch end
+    assert str(e.value) == (f"cannot write checkpoint {best}: disk full (No space left on device); the previous "
+                            "checkpoint there (if any) is kept")
+    assert e.value.errno == 28
+    monkeypatch.undo()
+    for d0 in (last, best):
+        w1, st1, d = ckpt.load_checkpoint(d0)
+        assert d == d0 and st1["global_step"] == st0["global_step"] and all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert sorted(p.name for p in r.run_dir.iterdir() if "tmp" in p.name) == []  # temporaries removed
+
+
+def test_stale_temporaries_of_a_killed_save_are_removed_on_the_next_start(tmp_path):
+    r = _run(toy_config(tmp_path, max_epoch=1, evaluate_each_epoch=False))
+    stale_dir = r.run_dir / "checkpoint_last.tmp-999999"  # a pid that is not running
+    stale_dir.mkdir()
+    (stale_dir / "model.safetensors").write_bytes(b"partial")
+    stale_file = r.run_dir / ".submission_val.json.999999.tmp"
+    stale_file.write_text("{")
+    live = r.run_dir / "checkpoint_best.tmp-1"  # pid 1 is alive: another process's write in progress
+    live.mkdir()
+    _run(toy_config(tmp_path, max_epoch=2, resume=str(r.run_dir / "checkpoint_last"), evaluate_each_epoch=False))
+    assert not stale_dir.exists() and not stale_file.exists() and live.exists()
+
+
+def test_disk_full_while_writing_outputs_names_the_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    from llmva_gebc import fileio
+    from llmva_gebc.eval import submission
+    from llmva_gebc.fileio import OutputWriteError
+
+    target = tmp_path / "submission_val.json"
+    target.write_text("old")
+    _disk_fills_after(monkeypatch, fileio, 10)
+    with pytest.raises(OutputWriteError, match=f"cannot write {target}: disk full"):
+        submission.write_json({"a_0": {"Subject": "x" * 100}}, target)
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["submission_val.json"]
+
+
+def test_unwritable_output_directory_fails_before_any_work(tmp_path, monkeypatch):
+    import errno
+
+    from llmva_gebc import fileio
+    from llmva_gebc.fileio import OutputWriteError, check_writable_dir
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(OutputWriteError, match=f"output directory {blocker}/run is not writable: a path component"):
+        check_writable_dir(blocker / "run")
+    real_open = open
+
+    def read_only(path, mode="r", *a, **kw):  # a read-only mount (chmod does not stop root)
+        if "w" in mode:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_open(path, mode, *a, **kw)
+
+    monkeypatch.setattr(fileio, "open", read_only, raising=False)
+    run_dir = tmp_path / "out" / "toy"
+    with pytest.raises(OutputWriteError, match=f"run directory {run_dir} is not writable: read-only file system"):
+        Runner(toy_config(tmp_path), model=_toy_model(), datasets=toy_datasets()).train()
+    assert list(run_dir.iterdir()) == []  # failed before writing anything
+    monkeypatch.undo()
+
+    # evaluate.py: the output directory is checked before the dataset, the model and any generation
+    from llmva_gebc.engine.evaluator import run_evaluation
+
+    cfg = toy_config(tmp_path, output_dir=str(blocker))  # no datasets: anything after the check would fail
+    with pytest.raises(OutputWriteError, match=f"output directory {blocker}/toy is not writable"):
+        run_evaluation(cfg, split="val", progress=False)

@@ -19,7 +19,13 @@ Atomic replacement of a directory ``T`` (a kill at any instant leaves a loadable
 4. delete ``T.old``.
 
 Between 2 and 3 only ``T.old`` exists; :func:`resolve_checkpoint` then returns it. Leftover
-``*.tmp-*`` directories are never read.
+``*.tmp-*`` directories are never read; the trainer removes them on its next start
+(:func:`llmva_gebc.fileio.remove_stale_temporaries`).
+
+Errors: a failed write (disk full, read-only file system, ...) raises
+:class:`llmva_gebc.fileio.OutputWriteError` naming the checkpoint and the cause; the temporary is
+removed and the previous checkpoint is kept. A truncated or corrupt file raises
+:class:`llmva_gebc.models.checkpoint.CheckpointReadError` naming it.
 """
 from __future__ import annotations
 
@@ -31,6 +37,8 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
+
+from llmva_gebc.fileio import os_error_in, write_error
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "trainer_state.pt"
@@ -84,17 +92,27 @@ def _fsync_file(path: Path) -> None:
 
 
 def save_weights(state_dict: Dict[str, torch.Tensor], path: Path) -> None:
-    """Trainable weights as safetensors (contiguous CPU copies; shared storage is split)."""
-    from safetensors.torch import save_file
+    """Trainable weights as safetensors (contiguous CPU copies; shared storage is split). Written from
+    Python so that a failed write surfaces as an ``OSError`` with its errno (disk full ...)."""
+    from safetensors.torch import save
 
-    save_file({k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}, str(path),
-              metadata={"format": "pt", "content": "llmva_gebc trainable weights"})
+    data = save({k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()},
+                metadata={"format": "pt", "content": "llmva_gebc trainable weights"})
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def save_state(state: Dict[str, Any], path: Path) -> None:
+    """``torch.save`` through a Python file object: a failed write keeps its ``OSError`` (as the context
+    of torch's ``RuntimeError``) instead of an anonymous ``enforce fail at inline_container.cc``."""
+    with open(path, "wb") as f:
+        torch.save(state, f)
 
 
 def load_weights(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+    from llmva_gebc.models.checkpoint import read_safetensors
 
-    return load_file(str(path))
+    return read_safetensors(path)
 
 
 def atomic_write_dir(target: str | os.PathLike, write_fn) -> Path:
@@ -111,15 +129,21 @@ def atomic_write_dir(target: str | os.PathLike, write_fn) -> Path:
         for f in tmp.iterdir():
             _fsync_file(f)
         _fsync_dir(tmp)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, Exception) and os_error_in(e) is not None:
+            raise write_error(target, e, "write checkpoint",
+                              "; the previous checkpoint there (if any) is kept") from e
         raise
-    if target.exists():
-        if old.exists():  # a finished earlier swap left it; target is the good copy
-            shutil.rmtree(old)
-        os.replace(target, old)
-    # if target is missing but old exists (crash mid-swap earlier), old stays until the new one is in place
-    os.replace(tmp, target)
+    try:
+        if target.exists():
+            if old.exists():  # a finished earlier swap left it; target is the good copy
+                shutil.rmtree(old)
+            os.replace(target, old)
+        # if target is missing but old exists (crash mid-swap earlier), old stays until the new one is in place
+        os.replace(tmp, target)
+    except OSError as e:
+        raise write_error(target, e, "replace checkpoint", f" (the new one is in {tmp})") from e
     _fsync_dir(target.parent)
     if old.exists():
         shutil.rmtree(old)
@@ -131,7 +155,7 @@ def save_checkpoint(target: str | os.PathLike, weights: Dict[str, torch.Tensor],
 
     def write(d: Path) -> None:
         save_weights(weights, d / MODEL_FILE)
-        torch.save(state, d / STATE_FILE)
+        save_state(state, d / STATE_FILE)
 
     return atomic_write_dir(target, write)
 
@@ -152,9 +176,11 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
     """``(weights, trainer_state, resolved_dir)``; the state is read with ``weights_only=True``."""
+    from llmva_gebc.models.checkpoint import read_torch_file
+
     d = resolve_checkpoint(path)
     weights = load_weights(d / MODEL_FILE)
-    state = torch.load(d / STATE_FILE, map_location=map_location, weights_only=True)
+    state = read_torch_file(d / STATE_FILE, map_location=map_location)
     return weights, state, d
 
 
@@ -171,6 +197,6 @@ def find_resume_dir(path: Optional[str | os.PathLike]) -> Optional[Path]:
     raise FileNotFoundError(f"run.resume={path}: no checkpoint there (nor in {p / 'checkpoint_last'})")
 
 
-__all__ = ["MODEL_FILE", "STATE_FILE", "get_rng_state", "set_rng_state", "save_weights", "load_weights",
+__all__ = ["MODEL_FILE", "STATE_FILE", "get_rng_state", "set_rng_state", "save_weights", "save_state", "load_weights",
            "atomic_write_dir", "save_checkpoint", "resolve_checkpoint", "load_checkpoint",
            "find_resume_dir"]

@@ -26,6 +26,7 @@ from llmva_gebc import dist
 from llmva_gebc.data.collate import collate_for, to_device
 from llmva_gebc.data.gebc import resolve_path
 from llmva_gebc.data.samplers import BoundaryShardSampler, boundary_groups
+from llmva_gebc.fileio import check_writable_dir, remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +182,10 @@ def run_evaluation(cfg: Any, ckpt: Optional[str] = None, split: str = "val", rep
 
     dist.init_distributed(cfg.run.distributed.backend)
     torch.manual_seed(int(cfg.run.seed))
+    out_dir = run_dir_of(cfg)
+    if dist.is_main_process():  # before any generation: fail in seconds, not after the whole split
+        check_writable_dir(out_dir)
+        remove_stale_temporaries(out_dir)
     name = select_dataset(cfg, split)
     dataset = build_eval_dataset(cfg, split, name)
     model = build_model(cfg.model, device=_device_for(cfg))  # loads model.checkpoint when set
@@ -196,7 +201,7 @@ def run_evaluation(cfg: Any, ckpt: Optional[str] = None, split: str = "val", rep
     metrics = None
     if dist.is_main_process():
         report = bool(cfg.run.report) if report is None else report
-        metrics = write_outputs(run_dir_of(cfg), split, predictions, dataset.boundaries, report=report,
+        metrics = write_outputs(out_dir, split, predictions, dataset.boundaries, report=report,
                                 videos_dir=resolve_path(cfg.datasets[name].root, cfg.datasets[name].videos_dir),
                                 report_max_boundaries=int(cfg.run.report_max_boundaries))
     dist.barrier()

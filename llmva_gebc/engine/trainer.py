@@ -39,6 +39,7 @@ from llmva_gebc import dist
 from llmva_gebc.config import check_resolved, save_config
 from llmva_gebc.data.collate import collate_for, to_device
 from llmva_gebc.engine import checkpointing as ckpt
+from llmva_gebc.fileio import check_writable_dir, remove_stale_temporaries, write_error
 from llmva_gebc.engine.optim import build_optimizer, build_scheduler, schedule_kwargs
 from llmva_gebc.registry import DATASETS, RUNNERS
 
@@ -216,7 +217,8 @@ class Runner:
         self.run_dir = Path(run.output_dir) / run.run_name
         self.main = dist.is_main_process()
         if self.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            check_writable_dir(self.run_dir, "run directory")  # before any work, not at the first save
+            remove_stale_temporaries(self.run_dir)  # of saves interrupted by a kill
             save_config(self.cfg, self.run_dir / "config.yaml")
             (self.run_dir / "env.json").write_text(json.dumps(env_info(), indent=1) + "\n")
         dist.barrier()
@@ -243,7 +245,11 @@ class Runner:
         resume_dir = ckpt.find_resume_dir(run.resume)
         if resume_dir is not None:
             weights, self.resume_state, d = ckpt.load_checkpoint(resume_dir)
-            model.load_trainable_state_dict(weights, strict=True)
+            try:
+                model.load_trainable_state_dict(weights, strict=True)
+            except (KeyError, ValueError) as e:
+                raise ValueError(f"run.resume: {d / ckpt.MODEL_FILE} does not fit this model (another config?): "
+                                 f"{e}") from e
             log.info("resuming from %s (epoch %d, global step %d)", d, self.resume_state["epoch"],
                      self.resume_state["global_step"])
         seed_everything(run.seed + self.rank)
@@ -406,8 +412,12 @@ class Runner:
     def _log(self, record: Dict[str, Any]) -> None:
         if not self.main:
             return
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        path = self.run_dir / "metrics.jsonl"
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise write_error(path, e, "append to") from e
         if self.tb is not None:
             kind = record.get("type", "train")
             for k, v in record.items():

@@ -86,18 +86,18 @@ def build_submission(predictions: Iterable[Mapping], all_boundary_ids: Sequence[
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from llmva_gebc.fileio import atomic_write_bytes
+
+    atomic_write_bytes(path, data)
 
 
 def write_json(obj, path: str | os.PathLike) -> Path:
     """Write ``obj`` as indented UTF-8 JSON, atomically (tmp file + ``os.replace``)."""
+    from llmva_gebc.fileio import check_writable_dir
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        check_writable_dir(path.parent)
     _atomic_write(path, (json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
     return path
 

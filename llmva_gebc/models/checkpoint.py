@@ -7,9 +7,11 @@
   projection). The tied LLM head and position-id buffers they carry are ignored. Loads use
   ``weights_only=True``.
 
-Loading is strict: missing and unexpected keys are listed, and an error is raised unless
-``allow_partial`` is set (as when starting GEBC training from Video-LLaMA weights, where only the video
-branch exists).
+Loading is strict and all or nothing: missing and unexpected keys are listed, and an error is raised
+unless ``allow_partial`` is set (as when starting GEBC training from Video-LLaMA weights, where only the
+video branch exists); every key and shape is checked before any tensor is copied, so a failed load leaves
+the model as it was. A file that cannot be read (truncated, not a checkpoint) raises
+:class:`CheckpointReadError` naming it and saying what is wrong.
 
 CLI: ``python -m llmva_gebc.models.checkpoint convert ORIGINAL.pth OUT_DIR`` writes ours.
 """
@@ -19,12 +21,14 @@ import argparse
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from llmva_gebc.fileio import atomic_write_bytes
 from llmva_gebc.models import keymaps
 
 log = logging.getLogger(__name__)
@@ -36,6 +40,51 @@ class CheckpointMismatchError(KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0])
+
+
+class CheckpointReadError(ValueError):
+    """A checkpoint file that exists but cannot be read (truncated, corrupt, not a state dict)."""
+
+
+def check_shapes(params: Dict[str, torch.Tensor], sd: Dict[str, torch.Tensor], where: str = "") -> None:
+    """Raise ``ValueError`` listing every key of ``sd`` whose shape differs from ``params[key]`` (keys
+    absent from ``params`` are ignored); checked before anything is copied."""
+    bad = [f"'{k}': checkpoint {tuple(v.shape)} vs model {tuple(params[k].shape)}"
+           for k, v in sd.items() if k in params and tuple(params[k].shape) != tuple(v.shape)]
+    if bad:
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise ValueError(f"{where}shape mismatch for {len(bad)} tensors: {'; '.join(bad[:5])}{more}; nothing "
+                         "was loaded (was the checkpoint trained with another LLM or adapter size?)")
+
+
+def read_safetensors(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file`` with an error naming the file when it is truncated or corrupt."""
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise CheckpointReadError(f"cannot read checkpoint {path}: {e.strerror or e}") from e
+    except Exception as e:  # safetensors_rust.SafetensorError: header / size inconsistent
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        raise CheckpointReadError(
+            f"checkpoint {path} is truncated or corrupt ({size} bytes; safetensors: {e}); the write that made it "
+            "was probably interrupted: use another checkpoint (e.g. checkpoint_best/ or the .old copy)") from e
+
+
+def read_torch_file(path: str | os.PathLike, map_location="cpu"):
+    """``torch.load(path, weights_only=True)`` with an error naming the file when it cannot be read."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise CheckpointReadError(f"cannot read {path}: {e.strerror or e}") from e
+    except Exception as e:
+        what = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "zip" in what or "archive" in what or "EOF" in what or "central directory" in what:
+            what = f"truncated or corrupt ({what})"
+        raise CheckpointReadError(f"cannot read {path} with torch.load(weights_only=True): {what}") from e
 
 
 def _resolve(path: str | os.PathLike) -> Path:
@@ -57,30 +106,28 @@ def save_trainable(model, path: str | os.PathLike, metadata: Dict[str, str] | No
         p.mkdir(parents=True, exist_ok=True)
         p = p / WEIGHTS_NAME
     sd = {k: v.detach().contiguous().cpu() for k, v in model.trainable_state_dict().items()}
-    tmp = p.with_name(p.name + f".tmp-{os.getpid()}")
-    save_file(sd, str(tmp), metadata={"format": "llmva_gebc", **(metadata or {})})
-    os.replace(tmp, p)
-    return p
+    return atomic_write_bytes(p, save(sd, metadata={"format": "llmva_gebc", **(metadata or {})}))
 
 
 def read_state_dict(path: str | os.PathLike) -> Tuple[Dict[str, torch.Tensor], str]:
     """Read a checkpoint of the trainable part, ours or an original; returns (our-keyed sd, kind)."""
     p = _resolve(path)
     if p.suffix == ".safetensors":
-        return load_file(str(p)), "llmva_gebc"
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"cannot read checkpoint {p} with weights_only=True: {e}") from e
-    sd = keymaps.unwrap_checkpoint(obj)
-    if not isinstance(sd, dict):
-        raise ValueError(f"{p}: expected a state dict or {{'model': state_dict}}, got {type(sd).__name__}")
+        return read_safetensors(p), "llmva_gebc"
+    sd = _state_dict_of(read_torch_file(p), p)
     if any(k.startswith("adapter.") for k in sd):  # ours, saved as .pth
         return sd, "llmva_gebc"
     converted, ignored = keymaps.adapter_from_original(sd)
     if ignored:
         log.info("%s: ignored %d keys that are not part of the adapter (e.g. %s)", p, len(ignored), ignored[:3])
     return converted, "original"
+
+
+def _state_dict_of(obj, p: Path) -> Dict[str, torch.Tensor]:
+    sd = keymaps.unwrap_checkpoint(obj)
+    if not isinstance(sd, dict) or not all(isinstance(k, str) for k in sd):
+        raise CheckpointReadError(f"{p}: expected a state dict or {{'model': state_dict}}, got {type(sd).__name__}")
+    return sd
 
 
 def load_trainable(model, path: str | os.PathLike, allow_partial: bool = False) -> Tuple[List[str], List[str]]:
@@ -90,7 +137,8 @@ def load_trainable(model, path: str | os.PathLike, allow_partial: bool = False) 
     empty or ``allow_partial`` (then missing keys keep their initial values and are logged).
     """
     sd, kind = read_state_dict(path)
-    missing, unexpected = model.load_trainable_state_dict(sd, strict=False)
+    own = dict(model.trainable_parameters())
+    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
     if missing or unexpected:
         msg = (f"checkpoint {path} ({kind}) does not match the model's trainable part:\n"
                f"  missing ({len(missing)}): {missing}\n  unexpected ({len(unexpected)}): {unexpected}")
@@ -99,24 +147,23 @@ def load_trainable(model, path: str | os.PathLike, allow_partial: bool = False) 
                 msg + ("\n  set model.allow_partial_load: true to start from a partial checkpoint "
                        "(e.g. Video-LLaMA weights, which have no boundary embedding)" if not unexpected else ""))
         log.warning("partial load (model.allow_partial_load): %s", msg)
+    check_shapes(own, sd, where=f"checkpoint {path} ({kind}) does not fit the model: ")
+    model.load_trainable_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
     return missing, unexpected
 
 
 def convert_original(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Convert an original ``.pth`` to ``OUT/model.safetensors`` (+ ``conversion.json`` listing ignored keys)."""
     p = _resolve(src)
-    obj = torch.load(p, map_location="cpu", weights_only=True)
-    sd = keymaps.unwrap_checkpoint(obj)
+    sd = _state_dict_of(read_torch_file(p), p)
     converted, ignored = keymaps.adapter_from_original(sd)
     if not converted:
         raise ValueError(f"{p}: no adapter keys found (keys start with {sorted({k.split('.')[0] for k in sd})[:10]})")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dst = out / WEIGHTS_NAME
-    tmp = dst.with_name(dst.name + f".tmp-{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in converted.items()}, str(tmp),
-              metadata={"format": "llmva_gebc", "converted_from": p.name})
-    os.replace(tmp, dst)
+    atomic_write_bytes(dst, save({k: v.contiguous() for k, v in converted.items()},
+                                 metadata={"format": "llmva_gebc", "converted_from": p.name}))
     (out / "conversion.json").write_text(json.dumps({"source": str(p), "num_keys": len(converted),
                                                      "ignored_keys": ignored}, indent=1))
     return dst
@@ -129,7 +176,11 @@ def main(argv=None) -> None:
     c.add_argument("src")
     c.add_argument("out")
     a = ap.parse_args(argv)
-    dst = convert_original(a.src, a.out)
+    try:
+        dst = convert_original(a.src, a.out)
+    except (OSError, ValueError) as e:  # missing/unreadable/truncated input, not a state dict, full disk
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(f"wrote {dst}")
 
 

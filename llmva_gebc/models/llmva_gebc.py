@@ -120,18 +120,23 @@ class LLMVAGEBC(nn.Module):
         return {k: v.detach().clone() for k, v in self.state_dict().items() if k in names}
 
     def load_trainable_state_dict(self, sd: Dict[str, torch.Tensor], strict: bool = True) -> Tuple[List[str], List[str]]:
-        """Load trainable weights. Returns (missing, unexpected); with ``strict`` raises if either is non-empty."""
+        """Load trainable weights, all or nothing. Returns (missing, unexpected).
+
+        Every key (with ``strict``) and every shape is checked before any tensor is copied, so a
+        checkpoint that does not fit (another LLM hidden size, another adapter) raises ``KeyError`` /
+        ``ValueError`` and leaves the model untouched."""
+        from llmva_gebc.models.checkpoint import check_shapes
+
         expected = {n for n, _ in self.trainable_parameters()}
         missing = sorted(expected - set(sd))
         unexpected = sorted(set(sd) - expected)
         if strict and (missing or unexpected):
             raise KeyError(f"trainable state dict mismatch: missing {missing}, unexpected {unexpected}")
         own = dict(self.named_parameters())
+        check_shapes({k: own[k] for k in expected}, sd)
         with torch.no_grad():
             for k, v in sd.items():
                 if k in expected:
-                    if own[k].shape != v.shape:
-                        raise ValueError(f"shape mismatch for '{k}': checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}")
                     own[k].copy_(v.to(own[k].dtype))
         return missing, unexpected
 
