@@ -201,6 +201,10 @@ class DatasetConfig:
 class DistributedConfig:
     strategy: str = "ddp"  # ddp | fsdp
     backend: Optional[str] = None  # default: nccl on GPU, gloo on CPU
+    # seconds any collective waits for the other ranks before the job ends with an error naming it
+    # (a stalled or dead rank); null: 600 for gloo, 1800 for nccl. Rank-0-only work between
+    # collectives (scoring with SPICE, writing a checkpoint) must fit in it.
+    timeout_s: Optional[float] = None
 
 
 @dataclass

@@ -9,6 +9,11 @@ Every function has a single-process fallback, so library code can call ``get_ran
   (``strategy="fsdp"``, ``torch.distributed.fsdp.fully_shard``) unit by unit: each LLM decoder layer,
   then the adapter (and encoder), then the root with the LLM's embeddings and head.
 * :class:`EpochBatchSampler` is the deterministic, resumable training sampler.
+* Timeouts: every collective must complete within ``timeout_s`` (``run.distributed.timeout_s``;
+  default 600 s for gloo, 1800 s for NCCL). A stalled or dead rank then ends the job with
+  :class:`CollectiveError` naming the collective (``all_gather_object``, ``barrier``, ``DDP gradient
+  all-reduce``, ...), instead of hanging. Under NCCL the watchdog enforces it
+  (``TORCH_NCCL_ASYNC_ERROR_HANDLING``, on by default) and aborts the process.
 * Helpers that hide DTensor/DDP details from the trainer: :func:`unwrap`, :func:`no_grad_sync`,
   :func:`full_trainable_state_dict`, :func:`load_full_trainable_state_dict`,
   :func:`optimizer_state_dict`, :func:`load_optimizer_state_dict`.
@@ -28,6 +33,34 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("ddp", "fsdp")
+DEFAULT_TIMEOUT_S = {"gloo": 600, "nccl": 1800}
+_timeout_s: Optional[float] = None
+
+
+class CollectiveError(RuntimeError):
+    """A collective that did not complete: a rank stalled (timeout) or died (connection closed)."""
+
+
+def default_timeout_s(backend: Optional[str]) -> int:
+    """``run.distributed.timeout_s: null``: 600 s for gloo (CPU), 1800 s for NCCL."""
+    return DEFAULT_TIMEOUT_S.get(backend or ("nccl" if torch.cuda.is_available() else "gloo"), 1800)
+
+
+@contextlib.contextmanager
+def collective(name: str) -> Iterator[None]:
+    """Run a collective; turn a backend failure (timeout, peer gone) into :class:`CollectiveError`
+    naming ``name``, the rank and the timeout."""
+    try:
+        yield
+    except CollectiveError:
+        raise
+    except RuntimeError as e:
+        if not is_initialized():
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise CollectiveError(
+            f"collective {name} failed on rank {get_rank()} of {get_world_size()} (run.distributed.timeout_s="
+            f"{_timeout_s:g} s): another rank stalled or died before reaching it ({first})") from e
 
 
 # ------------------------------------------------------------------------------------ process group
@@ -51,13 +84,16 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
-def init_distributed(backend: Optional[str] = None, timeout_s: int = 1800) -> Tuple[int, int, int]:
+def init_distributed(backend: Optional[str] = None, timeout_s: Optional[float] = None) -> Tuple[int, int, int]:
     """Start the process group from torchrun's environment; returns ``(rank, local_rank, world_size)``.
 
     ``WORLD_SIZE`` unset or 1 → single process, nothing is initialised. ``backend`` None → ``nccl`` when
     CUDA is available, else ``gloo``. On CUDA the current device is set to ``cuda:LOCAL_RANK``.
+    ``timeout_s``: how long any collective may wait for the other ranks (None: 600 s gloo, 1800 s
+    NCCL); work done by rank 0 alone while the others wait (scoring, checkpoint writing) must fit in it.
     Calling it again once initialised just returns the current values.
     """
+    global _timeout_s
     if is_initialized():
         return get_rank(), get_local_rank(), get_world_size()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -71,8 +107,13 @@ def init_distributed(backend: Optional[str] = None, timeout_s: int = 1800) -> Tu
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
+    if timeout_s is None:
+        timeout_s = default_timeout_s(backend)
+    if not timeout_s > 0:
+        raise ValueError(f"run.distributed.timeout_s must be > 0 seconds, got {timeout_s}")
+    _timeout_s = float(timeout_s)
     _td.init_process_group(backend=backend, rank=rank, world_size=world_size,
-                           timeout=datetime.timedelta(seconds=timeout_s))
+                           timeout=datetime.timedelta(seconds=float(timeout_s)))
     return rank, local_rank, world_size
 
 
@@ -83,7 +124,8 @@ def destroy() -> None:
 
 def barrier() -> None:
     if is_initialized():
-        _td.barrier()
+        with collective("barrier"):
+            _td.barrier()
 
 
 def all_gather_object(obj: Any) -> list:
@@ -91,7 +133,8 @@ def all_gather_object(obj: Any) -> list:
     if not is_initialized():
         return [obj]
     out: list = [None] * get_world_size()
-    _td.all_gather_object(out, obj)
+    with collective("all_gather_object"):
+        _td.all_gather_object(out, obj)
     return out
 
 
@@ -100,7 +143,8 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     if not is_initialized():
         return obj
     box = [obj]
-    _td.broadcast_object_list(box, src=src)
+    with collective("broadcast_object_list"):
+        _td.broadcast_object_list(box, src=src)
     return box[0]
 
 
@@ -115,7 +159,8 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     if not is_initialized():
         return tensor.detach().clone()
     t = tensor.detach().to(_comm_device(), copy=True)
-    _td.all_reduce(t, op=_td.ReduceOp.SUM)
+    with collective("all_reduce"):
+        _td.all_reduce(t, op=_td.ReduceOp.SUM)
     return (t / get_world_size()).to(tensor.device)
 
 
@@ -123,7 +168,8 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if not is_initialized():
         return tensor.detach().clone()
     t = tensor.detach().to(_comm_device(), copy=True)
-    _td.all_reduce(t, op=_td.ReduceOp.SUM)
+    with collective("all_reduce"):
+        _td.all_reduce(t, op=_td.ReduceOp.SUM)
     return t.to(tensor.device)
 
 

@@ -126,3 +126,39 @@ def test_two_process_fsdp_resume_is_exact(tmp_path):
     assert [(r["step"], r["loss"]) for r in resumed] == [(r["step"], r["loss"]) for r in full]
     a, b = torch.load(tmp_path / "full" / "rank0.pt"), torch.load(tmp_path / "part" / "rank0.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_a_stalled_rank_ends_the_job_within_the_timeout_naming_the_collective(tmp_path):
+    import signal
+    import time
+
+    timeout_s = 8
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1",
+               STALL_RANK1_AT_FORWARD="3")
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           str(REPO / "tests" / "dist_worker.py"), str(tmp_path), "ddp", "max_epoch=1",
+           f"distributed.timeout_s={timeout_s}"]
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True)
+    try:
+        out, _ = p.communicate(timeout=150)  # bounded: never the old 1800 s
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, _ = p.communicate()
+        pytest.fail("the job did not end after rank 1 stalled:\n" + out[-3000:])
+    finally:
+        for f in tmp_path.glob("pid*.txt"):  # the workers run in their own sessions: kill them by pid
+            try:
+                os.kill(int(f.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+    ended = time.time()
+    elapsed = ended - float((tmp_path / "stalled_at.txt").read_text())
+    assert p.returncode != 0
+    assert elapsed < timeout_s + 30, f"the job ended {elapsed:.1f} s after rank 1 stalled"
+    assert "CollectiveError: collective" in out and f"run.distributed.timeout_s={timeout_s} s" in out, out[-4000:]
+    line = next(ln for ln in out.splitlines() if "CollectiveError: collective" in ln)
+    assert "rank 0 of 2" in line and "another rank stalled or died" in line
+    print(f"stalled rank: job ended {elapsed:.1f} s after rank 1 stalled; rank 0 said: {line.strip()[:300]}")

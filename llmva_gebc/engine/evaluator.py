@@ -180,7 +180,7 @@ def run_evaluation(cfg: Any, ckpt: Optional[str] = None, split: str = "val", rep
     """Evaluate ``cfg``'s model on ``split``; returns the metrics (rank 0, when references exist)."""
     from llmva_gebc.models import build_model
 
-    dist.init_distributed(cfg.run.distributed.backend)
+    dist.init_distributed(cfg.run.distributed.backend, cfg.run.distributed.timeout_s)
     torch.manual_seed(int(cfg.run.seed))
     out_dir = run_dir_of(cfg)
     if dist.is_main_process():  # before any generation: fail in seconds, not after the whole split

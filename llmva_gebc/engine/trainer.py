@@ -207,7 +207,8 @@ class Runner:
     # -------------------------------------------------------------- setup
     def _setup(self) -> None:
         run = self.run
-        self.rank, self.local_rank, self.world = dist.init_distributed(run.distributed.backend)
+        self.rank, self.local_rank, self.world = dist.init_distributed(run.distributed.backend,
+                                                                       run.distributed.timeout_s)
         self.device = resolve_device(run.device, self.local_rank)
         self.amp_dtype = resolve_amp(run.amp, self.device)
         if run.nan_policy not in ("stop", "skip"):
@@ -488,7 +489,8 @@ class Runner:
                 window_ok = window_ok and ok
                 # a skipped micro-batch still runs backward (x0) so DDP/FSDP collectives stay in step
                 scaled = loss / accum if ok else loss.nan_to_num(0.0, 0.0, 0.0) * 0.0
-                self.scaler.scale(scaled).backward()
+                with dist.collective("gradient all-reduce/reduce-scatter (backward)"):
+                    self.scaler.scale(scaled).backward()
             window_losses.append(float(loss.detach()) if ok else float("nan"))
             samples_since += len(batch.get("boundary_id") or []) or run.batch_size_train
             self.batch_in_epoch = b_idx + 1
