@@ -51,6 +51,10 @@ def model_main(args: argparse.Namespace) -> int:
     from llmva_gebc.config import check_resolved, load_config
     from llmva_gebc.engine.evaluator import run_evaluation
 
+    from llmva_gebc.eval.metrics import MetricsError
+    from llmva_gebc.fileio import OutputWriteError
+    from llmva_gebc.models.checkpoint import CheckpointMismatchError, CheckpointReadError
+
     cfg = load_config(args.cfg_path, args.options)
     check_resolved(cfg)
     try:
@@ -58,6 +62,11 @@ def model_main(args: argparse.Namespace) -> int:
                                  progress=not args.no_progress)
         if metrics is not None:
             print(json.dumps(metrics, indent=1))
+    except (MetricsError, OutputWriteError, CheckpointReadError, CheckpointMismatchError) as e:
+        # scoring failed (what was written is kept and named), a full/read-only disk, an unreadable
+        # or mismatched checkpoint: one line, not a traceback
+        print(f"error: {e}".replace("\n", " "), file=sys.stderr)
+        return 2
     finally:
         dist.destroy()
     return 0

@@ -250,7 +250,9 @@ class RunConfig:
     gradient_checkpointing: bool = False
     log_every: int = 10
     tensorboard: bool = False
-    max_eval_samples: Optional[int] = None
+    max_eval_boundaries: Optional[int] = None  # validate on the first N boundaries (all their caption types)
+    spice: str = "auto"  # auto: a missing or failing SPICE is skipped with a warning | required: an error | off
+    spice_heap: str = "8G"  # the SPICE JVM's -Xmx
     report: bool = False
     report_max_boundaries: int = 100
 

@@ -27,6 +27,7 @@ def main() -> None:
     extra = dict(a.split("=", 1) for a in sys.argv[3:])
     timeout = extra.get("distributed.timeout_s")
     rank, _, world = dist.init_distributed(timeout_s=float(timeout) if timeout else None)
+    out.mkdir(parents=True, exist_ok=True)
     (out / f"pid{rank}.txt").write_text(str(os.getpid()))  # so a test can always clean up
     assert world == 2, world
     cfg = toy_config(out / f"cfg{rank}", output_dir=str(out / "run"), **{"distributed.strategy": strategy}, **extra)

@@ -85,7 +85,7 @@ def test_layout_and_sanity_values_on_sample():
     lower = {b: {t: c[SUB_KEYS[t]] for t in TYPES} for b, c in refs.items()}  # annotation-style keys work too
     same = score_captions(lower, refs, spice=False)
     assert list(same) == ["subject", "status_before", "status_after", "CIDEr", "SPICE", "ROUGE_L", "score",
-                          "score_without_spice", "num_boundaries"]
+                          "score_without_spice", "num_boundaries", "cider_reliable"]
     for t in TYPES:
         assert set(same[t]) == {"CIDEr", "SPICE", "ROUGE_L"} and same[t]["SPICE"] is None
         assert same[t]["ROUGE_L"] == pytest.approx(100.0)
@@ -231,7 +231,7 @@ def test_spice_present_is_averaged_into_score(monkeypatch, tmp_path):
     monkeypatch.setattr(M, "find_spice_lib", lambda: tmp_path)
     calls = []
 
-    def fake_run_spice(gts, res, lib_dir):
+    def fake_run_spice(gts, res, lib_dir, **kw):
         calls.append(lib_dir)
         return {k: (0.2 if k.startswith("subject/") else 0.4) for k in res}
 
@@ -266,3 +266,28 @@ def test_full_val_sanity_values(full_val_refs):
     for t in TYPES:
         assert empty[t]["ROUGE_L"] == 0.0 and empty[t]["CIDEr"] == 0.0
     print(f"full val scoring (6751 x 3 captions, no SPICE): {elapsed:.1f}s")
+
+
+def test_broken_spice_jars_auto_scores_without_spice_required_fails(monkeypatch, caplog, tmp_path):
+    """Correctly named CoreNLP jars without classes (an interrupted download) and the real SPICE jar."""
+    import zipfile
+
+    if M.pycocoevalcap_spice_dir() is None or M.java_major_version() is None:
+        pytest.skip("needs java and pycocoevalcap's spice-1.0.jar")
+    for name in M.CORENLP_JARS:
+        with zipfile.ZipFile(tmp_path / name, "w") as z:
+            z.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\n")
+    monkeypatch.setenv(M.SPICE_LIB_ENV, str(tmp_path))
+    monkeypatch.setattr(M, "_SPICE_FAILED", {})
+    refs = {k: v for k, v in list(_refs().items())[:10]}
+    with pytest.raises(MetricsError, match=r"SPICE failed \(exit 1, jars in .*\): .*(NoClassDefFound|ClassNotFound)"):
+        score_captions(refs, refs, spice="required", spice_heap="1G")
+    with caplog.at_level(logging.WARNING, logger=M.__name__):
+        out = score_captions(refs, refs, spice="auto", spice_heap="1G")
+        again = score_captions(refs, refs, spice="auto", spice_heap="1G")
+    assert out["SPICE"] is None and out["score"] is None and out == again
+    assert out["score_without_spice"] == pytest.approx((out["CIDEr"] + out["ROUGE_L"]) / 2)
+    failed = [r.getMessage() for r in caplog.records if "SPICE failed" in r.getMessage()]
+    assert len(failed) == 1 and "scoring without SPICE" in failed[0]  # one warning, with the cause
+    with pytest.raises(ValueError, match="run.spice_heap must be a JVM heap size"):
+        M.check_heap("8 GB")

@@ -11,6 +11,7 @@ import torch
 
 from llmva_gebc.engine import checkpointing as ckpt
 from llmva_gebc.engine.trainer import Runner
+from test_trainer_tiny import feats_dir, tiny_options  # noqa: F401  (fixture)
 from train_toy import ToyCaptioner, ToyDataset, toy_config, toy_datasets
 
 
@@ -298,3 +299,87 @@ def test_unwritable_output_directory_fails_before_any_work(tmp_path, monkeypatch
     cfg = toy_config(tmp_path, output_dir=str(blocker))  # no datasets: anything after the check would fail
     with pytest.raises(OutputWriteError, match=f"output directory {blocker}/toy is not writable"):
         run_evaluation(cfg, split="val", progress=False)
+
+
+# ------------------------------------------------------------------------------------ metrics, subsets
+def _broken_spice_jars(d: Path) -> Path:
+    """Correctly named CoreNLP jars holding no classes: what an interrupted download leaves."""
+    import zipfile
+
+    from llmva_gebc.eval import metrics as M
+
+    if M.pycocoevalcap_spice_dir() is None or M.java_major_version() is None:
+        pytest.skip("needs java and pycocoevalcap's spice-1.0.jar")
+    d.mkdir(parents=True, exist_ok=True)
+    for name in M.CORENLP_JARS:
+        with zipfile.ZipFile(d / name, "w") as z:
+            z.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\n")
+    return d
+
+
+@pytest.fixture
+def broken_spice(tmp_path, monkeypatch):
+    from llmva_gebc.eval import metrics as M
+
+    monkeypatch.setenv(M.SPICE_LIB_ENV, str(_broken_spice_jars(tmp_path / "spice_lib")))
+    monkeypatch.setattr(M, "_SPICE_FAILED", {})
+
+
+def test_training_survives_a_broken_spice(tiny_cfg_factory, feats_dir, tmp_path, broken_spice, caplog):
+    from llmva_gebc.engine.trainer import train
+    from llmva_gebc.eval.metrics import MetricsError
+
+    opts = tiny_options(feats_dir, tmp_path / "auto", "run.max_epoch=1", "run.max_steps=3", "run.batch_size_train=8",
+                        "run.max_eval_boundaries=10", "run.test_splits=[]", "run.spice_heap=1G")
+    with caplog.at_level(logging.WARNING):
+        run_dir = train(tiny_cfg_factory("opt", *opts))
+    epoch = _records(run_dir, "epoch")[0]
+    assert epoch["SPICE"] is None and epoch["score"] is None and epoch["score_without_spice"] is not None
+    assert epoch["num_boundaries"] == 10 and epoch["best_metric"] == "agg_metrics"
+    assert len([r for r in caplog.records if "SPICE failed" in r.getMessage()]) == 1
+    assert (run_dir / "checkpoint_last").is_dir() and (run_dir / "checkpoint_best").is_dir()
+
+    # spice: required: validation fails, but the epoch's training was saved first and is resumable
+    opts = tiny_options(feats_dir, tmp_path / "req", "run.max_epoch=1", "run.max_steps=3", "run.batch_size_train=8",
+                        "run.max_eval_boundaries=10", "run.test_splits=[]", "run.spice=required")
+    with pytest.raises(MetricsError, match=r"SPICE failed .*spice: required"):
+        train(tiny_cfg_factory("opt", *opts))
+    run_dir = tmp_path / "req" / run_dir.name
+    _, st, _ = ckpt.load_checkpoint(run_dir / "checkpoint_last")
+    assert st["global_step"] == 3 and st["pending_validation"]["epoch"] == 0
+    assert (run_dir / "val_predictions_epoch0.json").is_file()  # what was generated is kept
+
+
+def test_validation_subsets_are_whole_boundaries_and_tiny_ones_select_by_loss(tiny_cfg_factory, feats_dir,
+                                                                            tmp_path, caplog):
+    from llmva_gebc.engine.trainer import train
+
+    opts = tiny_options(feats_dir, tmp_path, "run.max_epoch=1", "run.max_steps=2", "run.batch_size_train=8",
+                        "run.max_eval_boundaries=2", "run.test_splits=[]", "run.spice=off")
+    with caplog.at_level(logging.WARNING):
+        run_dir = train(tiny_cfg_factory("opt", *opts))
+    preds = json.loads((run_dir / "val_predictions_epoch0.json").read_text())
+    assert len(preds) == 2  # two boundaries, each with its three caption types generated
+    assert all(set(c) == {"Subject", "Status_Before", "Status_After"} for c in preds.values())
+    epoch = _records(run_dir, "epoch")[0]
+    assert epoch["num_boundaries"] == 2 and epoch["cider_reliable"] is False
+    assert epoch["best_metric"] == "val_loss" and epoch["best_value"] == epoch["val_loss"]
+    assert "scoring 2 boundaries: CIDEr-D's document frequencies need a corpus" in caplog.text
+    assert "validation scores only 2 boundaries, too few for CIDEr" in caplog.text
+
+
+def test_evaluate_keeps_outputs_and_prints_one_line_when_scoring_fails(tiny_llm_dirs, tmp_path, broken_spice, capsys):
+    import evaluate
+    from test_evaluator import _tiny_data, _tiny_options
+
+    data = _tiny_data(tmp_path / "data")
+    argv = ["--cfg-path", str(Path(evaluate.__file__).parent / "train_configs" / "tiny.yaml"), "--no-progress",
+            "--options", *_tiny_options(tiny_llm_dirs["opt"], data, tmp_path / "out", "ev"), "run.spice=required"]
+    assert evaluate.main(argv) == 2
+    stderr = capsys.readouterr().err
+    err = [ln for ln in stderr.splitlines() if ln.startswith("error:")]
+    assert "Traceback" not in stderr and len(err) == 1
+    assert err[0].startswith("error: scoring val failed: SPICE failed")
+    assert "kept" in err[0] and "submission_val.json" in err[0]
+    run = tmp_path / "out" / "ev"
+    assert sorted(p.name for p in run.iterdir()) == ["predictions_val.json", "submission_val.json", "submit_val.pkl"]

@@ -63,7 +63,7 @@ def test_torchrun_two_processes(tiny_llm_dirs, feats_dir, tmp_path, strategy):  
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
            str(REPO / "train.py"), "--cfg-path", str(REPO / "train_configs" / "tiny.yaml"),
            *_opts(tiny_llm_dirs, feats_dir, tmp_path, "run.max_steps=3", "run.valid_splits=[val]",
-                  "run.max_eval_samples=6", f"run.distributed.strategy={strategy}")]
+                  "run.max_eval_boundaries=2", f"run.distributed.strategy={strategy}")]
     p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
     run_dir = tmp_path / "tiny"

@@ -34,7 +34,7 @@ def tiny_options(feats_dir: Path, out: Path, *extra: str):
         f"datasets.gebc.annotations.test={feats_dir / 'test_small.json'}",
         f"datasets.gebc.video_info={DATA / 'video_info.sample.json'}",
         f"datasets.gebc.features_dir={feats_dir}",
-        f"run.output_dir={out}", "run.max_eval_samples=12", "run.log_every=1", *extra,
+        f"run.output_dir={out}", "run.max_eval_boundaries=10", "run.log_every=1", *extra,
     ]
 
 

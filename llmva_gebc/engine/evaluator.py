@@ -147,9 +147,12 @@ def _device_for(cfg: Any) -> torch.device:
 
 def write_outputs(run_dir: Path, split: str, predictions: List[dict], boundaries: Sequence[Mapping],
                   *, report: bool = False, videos_dir: Optional[str | Path] = None, report_max_boundaries: int = 100,
-                  spice: object = "auto") -> Optional[dict]:
-    """Predictions, submission (json + pkl) and, with references, metrics (+ report). Returns metrics."""
-    from llmva_gebc.eval.metrics import per_label_scores, score_captions
+                  spice: object = "auto", spice_heap: str = "8G") -> Optional[dict]:
+    """Predictions, submission (json + pkl) and, with references, metrics (+ report). Returns metrics.
+
+    The predictions and the submission are written first: when scoring fails they are kept and the
+    :class:`~llmva_gebc.eval.metrics.MetricsError` names them."""
+    from llmva_gebc.eval.metrics import MetricsError, per_label_scores, score_captions
     from llmva_gebc.eval.submission import build_submission, references_from_boundaries, write_json, write_submission
 
     run_dir = Path(run_dir)
@@ -162,7 +165,11 @@ def write_outputs(run_dir: Path, split: str, predictions: List[dict], boundaries
     refs = references_from_boundaries(boundaries)
     metrics = None
     if refs is not None:
-        metrics, details = score_captions(sub, refs, spice=spice, per_boundary=True)
+        try:
+            metrics, details = score_captions(sub, refs, spice=spice, spice_heap=spice_heap, per_boundary=True)
+        except MetricsError as e:
+            raise MetricsError(f"scoring {split} failed: {e} (kept {run_dir / f'predictions_{split}.json'}, "
+                               f"{json_path.name} and {pkl_path.name})") from e
         metrics["per_label"] = per_label_scores(details, {b["boundary_id"]: b.get("label", "?") for b in boundaries})
         write_json(metrics, run_dir / f"metrics_{split}.json")
         logger.info("metrics (%s): %s", split, {k: metrics[k] for k in ("CIDEr", "SPICE", "ROUGE_L", "score")})
@@ -203,7 +210,8 @@ def run_evaluation(cfg: Any, ckpt: Optional[str] = None, split: str = "val", rep
         report = bool(cfg.run.report) if report is None else report
         metrics = write_outputs(out_dir, split, predictions, dataset.boundaries, report=report,
                                 videos_dir=resolve_path(cfg.datasets[name].root, cfg.datasets[name].videos_dir),
-                                report_max_boundaries=int(cfg.run.report_max_boundaries))
+                                report_max_boundaries=int(cfg.run.report_max_boundaries),
+                                spice=str(cfg.run.spice), spice_heap=str(cfg.run.spice_heap))
     dist.barrier()
     return metrics
 

@@ -213,6 +213,13 @@ class Runner:
         self.amp_dtype = resolve_amp(run.amp, self.device)
         if run.nan_policy not in ("stop", "skip"):
             raise ValueError(f"run.nan_policy must be stop or skip, got {run.nan_policy!r}")
+        from llmva_gebc.eval.metrics import check_heap, spice_mode
+
+        try:
+            spice_mode(run.spice)
+        except ValueError as e:
+            raise ValueError(f"run.{e}") from None
+        check_heap(run.spice_heap)
         if run.accum_grad_iters < 1:
             raise ValueError(f"run.accum_grad_iters must be >= 1, got {run.accum_grad_iters}")
         self.run_dir = Path(run.output_dir) / run.run_name
@@ -570,20 +577,28 @@ class Runner:
         ds = self._datasets.get("val")
         if not self._will_validate():
             return {}
-        if self.run.max_eval_samples is not None and self.run.max_eval_samples < len(ds):
-            ds = torch.utils.data.Subset(ds, list(range(self.run.max_eval_samples)))
+        ds = _first_boundaries(ds, self.run.max_eval_boundaries)
         out: Dict[str, Any] = {"val_loss": self._val_loss(ds)}
         ev = _evaluator()
         refs = _references(ds) if ev is not None else None
         if ev is not None and refs:
             _, score_captions, submission = ev
             records = self._predict(ds, "val")
-            metrics = None
+            metrics, failure, error = None, None, None
             if self.main:
+                epoch = self.pending["epoch"] if self.pending else self.epoch
                 sub = submission.build_submission(records, list(refs))
-                metrics = score_captions(sub, refs, spice="auto")
-                submission.write_json(sub, self.run_dir / f"val_predictions_epoch{self.epoch}.json")
-            out.update(dist.broadcast_object(metrics))
+                try:  # the predictions are kept whatever the scorer does
+                    submission.write_json(sub, self.run_dir / f"val_predictions_epoch{epoch}.json")
+                    metrics = score_captions(sub, refs, spice=self.run.spice, spice_heap=self.run.spice_heap)
+                except Exception as e:  # every rank must learn of it, not wait in the broadcast
+                    failure, error = f"{type(e).__name__}: {e}", e
+            metrics, failure = dist.broadcast_object((metrics, failure))
+            if failure is not None:
+                if error is not None:
+                    raise error
+                raise RuntimeError(f"validation scoring failed on rank 0: {failure}")
+            out.update(metrics)
             out["agg_metrics"] = agg_metric(out, "agg_metrics")
         return out
 
@@ -591,7 +606,13 @@ class Runner:
         key = self.run.best_metric
         if not val:
             return None
-        if key == "val_loss" or "agg_metrics" not in val:  # no evaluator installed: loss only
+        too_few = "agg_metrics" in val and key != "val_loss" and not val.get("cider_reliable", True)
+        if too_few and self.main and not getattr(self, "_warned_few", False):
+            self._warned_few = True
+            log.warning("run.best_metric=%s: validation scores only %s boundaries, too few for CIDEr to mean "
+                        "anything; the best checkpoint is selected by val_loss instead (raise "
+                        "run.max_eval_boundaries)", key, val.get("num_boundaries"))
+        if key == "val_loss" or "agg_metrics" not in val or too_few:  # loss only: no evaluator, or too few
             value, higher = val["val_loss"], False
         else:
             value, higher = agg_metric(val, key), True
@@ -697,6 +718,21 @@ def _rng_preserved(device: torch.device):
         finally:
             random.setstate(py)
             np.random.set_state(npst)
+
+
+def _first_boundaries(ds, k: Optional[int]):
+    """The samples of ``ds``'s first ``k`` boundaries (whole boundaries: all their caption types), or
+    ``ds`` itself when ``k`` is None or covers it."""
+    if k is None:
+        return ds
+    from llmva_gebc.data.samplers import boundary_groups
+
+    if k < 1:
+        raise ValueError(f"run.max_eval_boundaries must be >= 1 (or null for all), got {k}")
+    groups = boundary_groups(ds)
+    if k >= len(groups):
+        return ds
+    return torch.utils.data.Subset(ds, [i for g in groups[:k] for i in g])
 
 
 def _references(ds) -> Optional[Dict[str, Dict[str, str]]]:

@@ -21,12 +21,21 @@ Differences from calling pycocoevalcap naively, none of which changes a number f
 * SPICE needs the Stanford CoreNLP 3.6.0 jars, which pycocoevalcap downloads on first use. When they
   are absent, ``SPICE`` is null, ``score`` is null, and ``score_without_spice`` (mean of mean-CIDEr and
   mean-ROUGE-L) is reported, with a one-line warning saying how to install them.
+* ``spice="auto"`` (default) also treats a SPICE run that fails (jars present but broken, e.g. an
+  interrupted download; no ``java``; out of memory) as unavailable: one warning with the cause, SPICE
+  null, ``score_without_spice`` reported, and SPICE is not tried again in this process.
+  ``spice="required"`` makes both cases an error; ``"off"`` skips it. The JVM heap is ``spice_heap``
+  (config ``run.spice_heap``, default ``8G``).
+* CIDEr-D weighs n-grams by their inverse document frequency over the scored boundaries: over one
+  boundary it is 0 by definition, and over a handful it says little. Below
+  :data:`MIN_CIDER_BOUNDARIES` boundaries a warning names the size and ``cider_reliable`` is false (the
+  trainer then selects the best checkpoint by validation loss).
 
 Result layout::
 
     {"subject": {"CIDEr": .., "SPICE": ..|None, "ROUGE_L": ..}, "status_before": {..}, "status_after": {..},
      "CIDEr": mean, "SPICE": mean|None, "ROUGE_L": mean, "score": mean of the three|None,
-     "num_boundaries": n}            # + "score_without_spice" when SPICE is unavailable
+     "num_boundaries": n, "cider_reliable": bool}   # + "score_without_spice" when SPICE is unavailable
 
 The evaluator adds ``"per_label"`` (:func:`per_label_scores`).
 """
@@ -59,6 +68,10 @@ SPICE_INSTALL_HINT = (
     "(downloads into pycocoevalcap/spice/lib), or set LLMVA_SPICE_LIB to a directory containing "
     f"{CORENLP_JARS[0]} and {CORENLP_JARS[1]}"
 )
+
+SPICE_MODES = ("auto", "required", "off")
+MIN_CIDER_BOUNDARIES = 10  # fewer scored boundaries: CIDEr-D's IDF has no corpus to speak of
+_SPICE_FAILED: Dict[str, str] = {}  # lib dir -> cause, for spice="auto": warn and give up once per process
 
 # Characters Java's line reader (and so ``PTBTokenizer -preserveLines``) may treat as line breaks.
 _LINE_BREAKS = re.compile("[\r\n\u000b\u000c\u0085\u2028\u2029]")
@@ -207,11 +220,29 @@ def spice_command(spice_dir: Path, lib_dir: Path, in_file: str, out_file: str, *
     return cmd
 
 
+def _java_cause(stderr: str) -> str:
+    """The informative line of a failed JVM's stderr (the exception), else its last line."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    for ln in lines:
+        if re.search(r"(Error|Exception)\b", ln) and not ln.startswith("at "):
+            return ln[:300]
+    return lines[-1][:300] if lines else "no output"
+
+
+def check_heap(value: str, key: str = "run.spice_heap") -> str:
+    """A JVM ``-Xmx`` size such as ``8G``, ``512m``; ``ValueError`` naming ``key`` otherwise."""
+    value = str(value).strip()
+    if not re.fullmatch(r"[1-9]\d*[kKmMgGtT]?", value):
+        raise ValueError(f"{key} must be a JVM heap size such as 8G or 512m, got {value!r}")
+    return value
+
+
 def run_spice(gts: Mapping[str, str], res: Mapping[str, str], lib_dir: Path, *,
-              spice_dir: Optional[Path] = None, java: str = "java") -> Dict[str, float]:
+              spice_dir: Optional[Path] = None, java: str = "java", max_heap: str = "8G") -> Dict[str, float]:
     """SPICE F-score (0..1) of each tokenised prediction ``res[k]`` against its reference ``gts[k]``.
 
-    Empty predictions get 0 without reaching the jar.
+    Empty predictions get 0 without reaching the jar. Raises :class:`MetricsError` with the JVM's
+    exception when the jar fails (or ``java`` cannot run).
     """
     spice_dir = pycocoevalcap_spice_dir() if spice_dir is None else Path(spice_dir)
     if spice_dir is None:
@@ -224,10 +255,15 @@ def run_spice(gts: Mapping[str, str], res: Mapping[str, str], lib_dir: Path, *,
         in_file, out_file = os.path.join(tmp, "in.json"), os.path.join(tmp, "out.json")
         with open(in_file, "w") as f:
             json.dump(items, f)
-        cmd = spice_command(spice_dir, lib_dir, in_file, out_file, java=java, java_major=java_major_version(java))
-        proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise MetricsError(f"SPICE failed (exit {proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+        cmd = spice_command(spice_dir, lib_dir, in_file, out_file, java=java, java_major=java_major_version(java),
+                            max_heap=check_heap(max_heap))
+        try:
+            proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
+        except OSError as e:
+            raise MetricsError(f"SPICE failed: cannot run {java!r}: {e}") from e
+        if proc.returncode != 0 or not os.path.isfile(out_file):
+            logger.debug("SPICE command: %s\nstderr: %s", " ".join(cmd), proc.stderr[-3000:])
+            raise MetricsError(f"SPICE failed (exit {proc.returncode}, jars in {lib_dir}): {_java_cause(proc.stderr)}")
         with open(out_file) as f:
             results = json.load(f)
     nan = 0
@@ -270,25 +306,49 @@ def _cider(gts: Dict[str, List[str]], res: Dict[str, List[str]]) -> Tuple[float,
     return Cider().compute_score(gts, res)
 
 
+def spice_mode(spice: object) -> str:
+    """``"auto"`` / ``"required"`` / ``"off"`` from a mode name or a bool (True = required, False/None = off)."""
+    if isinstance(spice, str):  # YAML reads a bare `off` as false; OmegaConf then stores "False"
+        spice = {"false": False, "no": False, "none": None, "true": True}.get(spice.strip().lower(), spice)
+    if spice is True:
+        return "required"
+    if spice is False or spice is None:
+        return "off"
+    if spice not in SPICE_MODES:
+        raise ValueError(f"spice must be one of {', '.join(SPICE_MODES)}, got {spice!r}")
+    return str(spice)
+
+
 def score_captions(predictions: Mapping[str, Mapping[str, str]], references: Mapping[str, Mapping[str, str]],
-                   *, spice: object = "auto", per_boundary: bool = False):
+                   *, spice: object = "auto", spice_heap: str = "8G", per_boundary: bool = False):
     """Challenge metrics of ``predictions`` against ``references`` (both ``{boundary_id: captions}``).
 
     Captions are keyed ``Subject``/``Status_Before``/``Status_After`` (submission layout) or
     ``subject``/``status_before``/``status_after``. Every reference id needs a prediction and vice versa.
-    ``spice``: "auto" (use it when the CoreNLP jars are found, else warn), True (required), False (skip).
+    ``spice``: "auto" (use it when the CoreNLP jars are found and work, else warn once and report SPICE
+    null), "required" (or True: missing jars or a failing SPICE raise :class:`MetricsError`), "off" (or
+    False). ``spice_heap``: the JVM's ``-Xmx``. Fewer than :data:`MIN_CIDER_BOUNDARIES` boundaries: a
+    warning, ``cider_reliable`` false.
     With ``per_boundary=True`` returns ``(metrics, {boundary_id: {type: {"CIDEr", "ROUGE_L", "SPICE"}}})``.
     """
     from pycocoevalcap.rouge.rouge import Rouge
 
+    mode = spice_mode(spice)
     ids = _check_ids(predictions, references)
     lib_dir = None
-    if spice:
+    if mode != "off":
         lib_dir = find_spice_lib()
         if lib_dir is None:
-            if spice is True:
-                raise MetricsError(f"SPICE requested but its jars are missing: {SPICE_INSTALL_HINT}")
+            if mode == "required":
+                raise MetricsError(f"SPICE requested (spice: required) but its jars are missing: {SPICE_INSTALL_HINT}")
             logger.warning("SPICE unavailable (score=null, see score_without_spice): %s", SPICE_INSTALL_HINT)
+        elif mode == "auto" and str(lib_dir) in _SPICE_FAILED:
+            logger.debug("SPICE skipped: it failed earlier in this process (%s)", _SPICE_FAILED[str(lib_dir)])
+            lib_dir = None
+    if len(ids) < MIN_CIDER_BOUNDARIES:
+        logger.warning("scoring %d boundaries: CIDEr-D's document frequencies need a corpus (CIDEr is 0 by "
+                       "definition over one boundary); fewer than %d boundaries give no meaningful CIDEr",
+                       len(ids), MIN_CIDER_BOUNDARIES)
     tokenized = _tokenize_all(predictions, references, ids)
 
     spice_scores: Optional[Dict[Tuple[str, str], float]] = None
@@ -296,8 +356,17 @@ def score_captions(predictions: Mapping[str, Mapping[str, str]], references: Map
         keys = [f"{ctype}/{i}" for ctype in TYPES for i in ids]
         gts = {f"{c}/{i}": tokenized[c][0][i][0] for c in TYPES for i in ids}
         res = {f"{c}/{i}": tokenized[c][1][i][0] for c in TYPES for i in ids}
-        flat = run_spice(gts, res, lib_dir)
-        spice_scores = {(k.split("/", 1)[0], k.split("/", 1)[1]): flat[k] for k in keys}
+        try:
+            flat = run_spice(gts, res, lib_dir, max_heap=spice_heap)
+        except MetricsError as e:
+            if mode == "required":
+                raise MetricsError(f"{e} (spice: required; set it to auto to score without SPICE)") from e
+            _SPICE_FAILED[str(lib_dir)] = str(e)
+            logger.warning("%s; scoring without SPICE from now on (SPICE=null, see score_without_spice; "
+                           "spice: required makes this an error). To repair: %s", e, SPICE_INSTALL_HINT)
+            flat = None
+        if flat is not None:
+            spice_scores = {(k.split("/", 1)[0], k.split("/", 1)[1]): flat[k] for k in keys}
 
     metrics: Dict[str, object] = {}
     details: Dict[str, Dict[str, Dict[str, Optional[float]]]] = {i: {} for i in ids}
@@ -324,6 +393,7 @@ def score_captions(predictions: Mapping[str, Mapping[str, str]], references: Map
     else:
         metrics["score"] = float(np.mean([metrics["CIDEr"], metrics["SPICE"], metrics["ROUGE_L"]]))
     metrics["num_boundaries"] = len(ids)
+    metrics["cider_reliable"] = len(ids) >= MIN_CIDER_BOUNDARIES
     return (metrics, details) if per_boundary else metrics
 
 
@@ -383,5 +453,6 @@ __all__ = [
     "TYPES", "SUBMISSION_KEYS", "MetricsError", "score_captions", "per_boundary_rouge", "per_label_scores",
     "headline_score", "ptb_tokenize", "text_problem", "find_spice_lib", "spice_command", "run_spice",
     "java_major_version", "caption_of",
-    "pycocoevalcap_spice_dir", "SPICE_INSTALL_HINT",
+    "pycocoevalcap_spice_dir", "SPICE_INSTALL_HINT", "SPICE_MODES", "MIN_CIDER_BOUNDARIES", "spice_mode",
+    "check_heap",
 ]
