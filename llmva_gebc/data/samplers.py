@@ -193,7 +193,14 @@ class MixtureBatchSampler(EpochBatchSampler):
 
     ``sizes``: samples per dataset, in :class:`MixedDataset` order (global index = offset + local).
     Yields lists of ``(global index, sample_seed)``; ``dataset_order()`` gives the epoch's dataset
-    index per batch. Raises ValueError for a bad ratio, an empty dataset or too few samples."""
+    index per batch. Raises ValueError for a bad ratio, an empty dataset or too few samples.
+
+    Resume positions (``set_epoch(e, start_sample=P)``) must fall on a batch of the current batch size
+    and world size: an epoch's dataset order depends on both, so neither can change mid-epoch
+    (``exact_batch_remap`` / ``exact_world_remap`` are False; the trainer refuses such a resume)."""
+
+    exact_world_remap = False
+    exact_batch_remap = False
 
     def __init__(self, sizes: Sequence[int], ratios: Sequence[float], batch_size: int, rank: int = 0,
                  world_size: int = 1, seed: int = 0) -> None:
@@ -207,6 +214,14 @@ class MixtureBatchSampler(EpochBatchSampler):
         self.sizes, self.ratios = [int(n) for n in sizes], [float(r) for r in ratios]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(int).tolist()
         self.batch_quotas = quotas(self.batches_per_epoch, self.ratios)
+
+    @property
+    def start_batch(self) -> int:
+        """Batches of the epoch already consumed (``start_sample`` counts samples over all ranks)."""
+        return self.start_sample // self.samples_per_batch
+
+    def __len__(self) -> int:
+        return max(self.batches_per_epoch - self.start_batch, 0)
 
     def dataset_order(self) -> List[int]:
         """The dataset of each batch of the current epoch (identical on every rank)."""
@@ -228,9 +243,10 @@ class MixtureBatchSampler(EpochBatchSampler):
     def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
         order = self.dataset_order()
         streams = {k: iter(self._stream(k, self.batch_size * order.count(k))) for k in set(order)}
+        start = self.start_batch
         for b, k in enumerate(order):
             batch = [next(streams[k]) for _ in range(self.batch_size)]
-            if b < self.start_batch:
+            if b < start:
                 continue  # resume: consumed batches are skipped without loading data
             # pass p of a repeated dataset gets its own per-sample seed
             yield [(self.offsets[k] + i, sample_seed(self.seed, self.epoch, (self.offsets[k] + i) + p * self.n))

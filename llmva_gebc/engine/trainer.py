@@ -364,12 +364,18 @@ class Runner:
         new_batch, new_world = int(self.run.batch_size_train), self.world
         if (old_batch, old_world) == (new_batch, new_world):
             return
-        if self.samples_in_epoch and new_world != old_world and not getattr(self.sampler, "exact_world_remap", True):
+        fixed = []  # what this sampler cannot re-map in the middle of an epoch
+        if new_world != old_world and not getattr(self.sampler, "exact_world_remap", True):
+            fixed.append(f"{old_world} processes")
+        if new_batch != old_batch and not getattr(self.sampler, "exact_batch_remap", True):
+            fixed.append(f"run.batch_size_train={old_batch}")
+        if self.samples_in_epoch and fixed:
             raise ValueError(
-                f"run.resume: the checkpoint was written mid-epoch (epoch {self.epoch}, after "
-                f"{self.samples_in_epoch} samples) by {old_world} processes; with run.share_prefix the samples "
-                f"left in that epoch cannot be re-sharded over {new_world} processes exactly. Resume with "
-                f"{old_world} processes, or from a checkpoint written at the end of an epoch")
+                f"run.resume: the checkpoint was written mid-epoch (epoch {self.epoch}, after {self.samples_in_epoch} "
+                f"samples) with batch size {old_batch} x {old_world} processes; with "
+                f"{type(self.sampler).__name__} (run.share_prefix or datasets.*.sample_ratio) the rest of that epoch "
+                f"cannot be re-mapped exactly to {new_batch} x {new_world}. Resume with {' and '.join(fixed)}, or "
+                "from a checkpoint written at the end of an epoch")
         self.sampler.set_epoch(self.epoch, start_sample=self.samples_in_epoch)
         left = len(self.sampler)
         self.batch_in_epoch = self.batches_per_epoch - left
