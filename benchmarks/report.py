@@ -80,8 +80,9 @@ def _train_cols():
 
 
 def _gen_cols():
-    return [("size", "size"), ("precision", "precision"), ("beams", "beams"), ("batch", "batch"),
-            ("share prefix", "share_prefix"), ("captions/s", "captions_per_s"), ("call s", "call_s"),
+    return [("size", "size"), ("precision", "precision"), ("workload", lambda r: r.get("workload", "forced")),
+            ("decoder", lambda r: r.get("backend", "hf")), ("beams", "beams"), ("batch", "batch"),
+            ("share prefix", "share_prefix"), ("tokens/caption", "caption_tokens"), ("captions/s", "captions_per_s"), ("call s", "call_s"),
             ("runs", "runs"), ("threads", "threads"), ("peak mem MiB", "peak_mem_mib"), ("LLM prompt tokens", "llm_prompt_tokens"),
             ("GFLOP/caption", "gflop_per_item"), ("achieved GFLOP/s", "achieved_gflops"), ("of matmul peak", _pct)]
 
@@ -94,11 +95,12 @@ def shared_pairs(res: Dict[str, Any]) -> List[Dict[str, Any]]:
             if not r["share_prefix"]:
                 continue
             same = [u for u in rows if not u["share_prefix"] and all(
-                u.get(k) == r.get(k) for k in ("size", "path", "precision", "batch", "beams"))]
+                u.get(k) == r.get(k) for k in ("size", "path", "precision", "batch", "beams", "backend", "workload"))]
             if not same:
                 continue
             u = same[0]
-            what = f"{kind}, {r.get('path', '')}".rstrip(", ") if kind == "training" else f"generation, {r['beams']} beam(s)"
+            what = (f"{kind}, {r.get('path', '')}".rstrip(", ") if kind == "training" else
+                    f"generation, {r['beams']} beam(s), {r.get('workload', 'forced')}, {r.get('backend', 'hf')} decoder")
             pair = {"size": r["size"], "what": what, "precision": r["precision"], "batch": r["batch"],
                     "unshared": u[rate], "shared": r[rate], "measured": r[rate] / u[rate],
                     "predicted": u["predicted_flops_batch"] / r["predicted_flops_batch"],
@@ -107,6 +109,34 @@ def shared_pairs(res: Dict[str, Any]) -> List[Dict[str, Any]]:
             if kind == "generation":
                 pair["same_captions"] = u["captions"] == r["captions"]
             out.append(pair)
+    return out
+
+
+def decoder_pairs(res: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Per (size, precision, workload, beams): own vs hf decoder, unshared and shared, and own's shared
+    speed-up against the FLOP prediction."""
+    rows = [r for r in res["gen"] if r.get("backend")]
+    out = []
+    keys = sorted({(r["size"], r["precision"], r["workload"], r["beams"], r["batch"]) for r in rows},
+                  key=lambda k: (["tiny", "base"].index(k[0]) if k[0] in ("tiny", "base") else 9, k[1:]))
+    for size, prec, load, beams, batch in keys:
+        get = {(r["backend"], r["share_prefix"]): r for r in rows
+               if (r["size"], r["precision"], r["workload"], r["beams"], r["batch"]) == (size, prec, load, beams, batch)}
+        if ("own", False) not in get or ("hf", False) not in get:
+            continue
+        o, h = get["own", False], get["hf", False]
+        d = {"size": size, "workload": load, "beams": beams, "batch": batch, "hf": h["captions_per_s"],
+             "own": o["captions_per_s"], "ratio": o["captions_per_s"] / h["captions_per_s"],
+             "tokens": o["caption_tokens"]}
+        if ("own", True) in get and ("hf", True) in get:
+            os_, hs = get["own", True], get["hf", True]
+            d.update(hf_shared=hs["captions_per_s"], own_shared=os_["captions_per_s"],
+                     ratio_shared=os_["captions_per_s"] / hs["captions_per_s"],
+                     shared_x=os_["captions_per_s"] / o["captions_per_s"],
+                     predicted=o["predicted_flops_batch"] / os_["predicted_flops_batch"],
+                     same=os_["captions"] == o["captions"])
+            d["pct_pred"] = f"{100 * d['shared_x'] / d['predicted']:.0f} %"
+        out.append(d)
     return out
 
 
@@ -145,7 +175,7 @@ def section(res: Dict[str, Any]) -> str:
     L += _full_md(res)
     L += ["### Training (adapter forward + backward + AdamW step through the frozen LLM)", "",
           table(res["train"], _train_cols()), ""]
-    L += [f"### Generation (`model.generate`, exactly {res.get('gen_new_tokens', 20)} new tokens per caption)", "",
+    L += [f"### Generation (`model.generate`; forced: exactly {res.get('gen_new_tokens', 20)} new tokens per caption)", "",
           table(res["gen"], _gen_cols()), ""]
     pairs = shared_pairs(res)
     if pairs:
@@ -160,6 +190,22 @@ def section(res: Dict[str, Any]) -> str:
                             ("unshared /s", "unshared"), ("shared /s", "shared"), ("measured ×", "measured"),
                             ("predicted ×", "predicted"), ("LLM tokens", "tokens"),
                             ("same captions", lambda r: {True: "yes", False: "NO"}.get(r.get("same_captions")))]), ""]
+    dec = decoder_pairs(res)
+    if dec:
+        L += ["### Caption decoder: the project's (`own`) vs transformers' `generate` (`hf`, the earlier path)", "",
+              "Same batch, same model, measured interleaved. `forced`: exactly "
+              f"{res.get('gen_new_tokens', 20)} new tokens per caption (EOS forbidden); `realistic`: max_length "
+              "30 and an LM head tilted towards EOS so captions end after a few tokens (finished samples should "
+              "stop costing compute). `shared ×` = own shared / own unshared captions/s; `% of predicted` = that "
+              "speed-up over the FLOP-count prediction. Captions differ between decoders by design (own = the "
+              "original's 4.28 search).", "",
+              table(dec, [("size", "size"), ("workload", "workload"), ("beams", "beams"), ("batch", "batch"),
+                          ("hf /s", "hf"), ("own /s", "own"), ("own / hf", "ratio"),
+                          ("hf shared /s", "hf_shared"), ("own shared /s", "own_shared"),
+                          ("own / hf, shared", "ratio_shared"), ("shared ×", "shared_x"),
+                          ("predicted ×", "predicted"), ("% of predicted", "pct_pred"),
+                          ("tokens/caption", "tokens"),
+                          ("own: same captions shared", lambda r: {True: "yes", False: "NO"}.get(r.get("same")))]), ""]
     paths = _paths(res["train"])
     if paths:
         L += ["### Two training paths: cached features vs raw video", "",
@@ -273,8 +319,8 @@ def _summary(res: Dict[str, Any]) -> List[str]:
                        f"**{_pct(r)} of the matmul limit**"
                        + (f"; with the shared prefix {_fmt(sh[0]['samples_per_s'])} samples/s "
                           f"(×{sh[0]['samples_per_s'] / r['samples_per_s']:.2f})" if sh else ""))
-        g = pick(res["gen"], size=size, beams=4, precision="fp32", share_prefix=False)
-        gs = pick(res["gen"], size=size, beams=4, precision="fp32", share_prefix=True)
+        g = pick(res["gen"], size=size, beams=4, precision="fp32", share_prefix=False, backend="own", workload="forced")
+        gs = pick(res["gen"], size=size, beams=4, precision="fp32", share_prefix=True, backend="own", workload="forced")
         if g:
             out.append(f"{size} generation, 4 beams: **{_fmt(g[0]['captions_per_s'])} captions/s** ({_pct(g[0])} of the "
                        "limit)" + (f"; shared prefix {_fmt(gs[0]['captions_per_s'])} captions/s "

@@ -226,10 +226,35 @@ def train_rows(ctx, size: str, batch_size: int, precision: str = "fp32", shares:
     return rows
 
 
+WORKLOADS = ("forced", "realistic")
+REALISTIC_MAX_LENGTH = 30  # the original's max_length
+
+
+@contextlib.contextmanager
+def eos_tilt(model, bias: float):
+    """Add ``bias`` to the EOS logit of the LM head (a forward hook): random weights then end captions
+    after a few tokens, as a trained model does, instead of running to the length limit."""
+    head = model.llm.get_output_embeddings()
+
+    def hook(_module, _inp, out):
+        out = out.clone()
+        out[..., model.eos_id] += bias
+        return out
+
+    h = head.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        h.remove()
+
+
 def gen_rows(ctx, size: str, beams: int, shares: Sequence[Optional[bool]] = (None,),
-             precision: str = "fp32") -> List[Dict[str, Any]]:
-    """Generation captions/s: ``model.generate`` with ``beams`` beams and exactly GEN_NEW_TOKENS new tokens,
-    one row per value of ``shares`` (as :func:`train_rows`), measured interleaved."""
+             precision: str = "fp32", backends: Sequence[str] = ("own",), load: str = "forced") -> List[Dict[str, Any]]:
+    """Generation captions/s: ``model.generate`` with ``beams`` beams, one row per (backend, share) —
+    ``backend`` ``own`` (the project's decoder) or ``hf`` (transformers' ``generate``, the earlier path) —
+    all measured interleaved on the same batch. ``load``: ``forced`` = exactly GEN_NEW_TOKENS new tokens
+    per caption (EOS forbidden until then); ``realistic`` = max_length 30 and an LM head tilted towards EOS
+    (:func:`eos_tilt`, bias ln(V/10): EOS about 1 in 10 per step) so captions end after a few tokens."""
     S = ctx.sizes[size]
     model, cfg = S["model"], S["cfg"]
     spec = workload.SIZES[size]
@@ -238,32 +263,45 @@ def gen_rows(ctx, size: str, beams: int, shares: Sequence[Optional[bool]] = (Non
     batch = {k: (v.to(ctx.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
     model.eval()
     out: Dict[Any, List[str]] = {}
+    if load == "forced":
+        kw_len = {"max_new_tokens": GEN_NEW_TOKENS, "min_length": GEN_NEW_TOKENS + 1}
+        tilt = contextlib.nullcontext()
+    else:
+        kw_len = {"max_length": REALISTIC_MAX_LENGTH}
+        V = model.llm.get_output_embeddings().weight.shape[0]
+        tilt = eos_tilt(model, float(torch.log(torch.tensor(V / 10.0))))
+    combos = [(b, s) for b in backends for s in shares]
 
-    def make_call(share):
+    def make_call(backend, share):
         kw = {} if share is None else {"share_prefix": share}
 
         def call():
             with harness.autocast(ctx.device, precision):
-                out[share] = model.generate(batch, num_beams=beams, max_new_tokens=GEN_NEW_TOKENS,
-                                            min_new_tokens=GEN_NEW_TOKENS, **kw)
+                out[backend, share] = model.generate(batch, num_beams=beams, backend=backend, **kw_len, **kw)
         return call
 
-    timings = harness.measure_many([make_call(s) for s in shares], ctx.device, warmup=1, reps=ctx.plan.reps(size),
-                                   max_s=ctx.plan.max_s(size), min_reps=ctx.plan.min_reps)
+    with tilt:
+        timings = harness.measure_many([make_call(*c) for c in combos], ctx.device, warmup=1,
+                                       reps=ctx.plan.reps(size), max_s=ctx.plan.max_s(size) * len(combos) / 2,
+                                       min_reps=ctx.plan.min_reps)
     tok = workload.token_layout(model, batch, with_caption=False)
     rows = []
-    for share, t in zip(shares, timings):
-        f = flops.generate_call(S["shape"], tok, S["adapter_fwd"], beams, GEN_NEW_TOKENS, bool(share))
+    for (backend, share), t in zip(combos, timings):
+        caps = out[backend, share]
+        lens = [len(model.tokenizer(c, add_special_tokens=False).input_ids) for c in caps]
+        new = GEN_NEW_TOKENS if load == "forced" else max(lens) + 1  # FLOPs: decode steps of the longest
+        f = flops.generate_call(S["shape"], tok, S["adapter_fwd"], beams, new, bool(share))
         cps = B / t.median
         row = {"size": size, "beams": beams, "precision": precision, "batch": B, "share_prefix": bool(share),
+               "backend": backend, "workload": load, "caption_tokens": sum(lens) / len(lens),
                "captions_per_s": cps, "call_s": t.median, "runs": t.runs,
                "peak_mem_mib": None if t.peak_mem is None else t.peak_mem / MIB,
                "llm_prompt_tokens": (tok.groups * max(tok.prefix_len) + B * beams * max(tok.tail_len)) if share
                else B * beams * max(tok.full_len),
-               "predicted_flops_batch": f, "captions": out[share]}
+               "predicted_flops_batch": f, "captions": caps}
         _flop_cols(ctx, row, f / B, cps, precision)
-        ctx.say(f"gen   {size:4s} {precision} beams={beams} B={B} share={bool(share)!s:5s} {cps:8.2f} captions/s "
-                f"({t.runs} runs)")
+        ctx.say(f"gen   {size:4s} {precision} {load:9s} {backend:3s} beams={beams} B={B} share={bool(share)!s:5s} "
+                f"{cps:8.2f} captions/s ({t.runs} runs, {row['caption_tokens']:.1f} tokens/caption)")
         rows.append(row)
     return rows
 
@@ -574,24 +612,28 @@ def run(args) -> Dict[str, Any]:
     for size in small:
         ctx.set_threads(args.threads or 1)
         setup_size(ctx, size)
-        if not args.threads and not args.quick and not plan.gpu and ctx.default_threads > 1:
+        if not args.threads and not args.quick and not plan.gpu and ctx.default_threads > 1 and not args.only_gen:
             res["threads_probe"].append(probe_threads(ctx, size))
         model = ctx.sizes[size]["model"]
         can_share = accepts_share_prefix(model)
         # Training, cached features: batch × precision; shared prefix off/on side by side (one parameter).
         pair = [False, True] if can_share else [None]
-        for B in plan.batches:
+        for B in plan.batches if not args.only_gen else []:
             for prec in plan.train_precisions(size, info["bf16_native"], B):
                 shares = pair if (prec == "fp32" and B in plan.share_batches(size)) else [None]
                 res["train"] += train_rows(ctx, size, B, prec, shares)
         # Training, raw video through the frozen encoder (the other path).
-        for B in plan.raw_batches(size):
+        for B in plan.raw_batches(size) if not args.only_gen else []:
             shares = pair if (B >= 3 and (size == "tiny" or plan.gpu)) else [None]
             res["train"] += train_rows(ctx, size, B, "fp32", shares, raw_video=True)
-        # Generation.
+        # Generation: the project's decoder vs the earlier path through transformers' generate.
         for prec in plan.gen_precisions():
-            for k in plan.beams:
-                res["gen"] += gen_rows(ctx, size, k, pair, precision=prec)
+            for load in WORKLOADS:
+                for k in plan.beams:
+                    res["gen"] += gen_rows(ctx, size, k, pair, precision=prec, backends=("hf", "own"), load=load)
+        if args.only_gen:
+            del ctx.sizes[size]
+            continue
         # Feature extraction.
         frames = (16 if args.quick else 64) if size == "tiny" else (8 if plan.gpu else 2)
         res["extract"].append(extract_row(ctx, size, frames))
@@ -616,7 +658,9 @@ def run(args) -> Dict[str, Any]:
             if lim:
                 r["mfu"] = r["achieved_tflops"] * 1e12 / lim["flops"]
     val = Path(args.val_json)
-    if val.is_file():
+    if args.only_gen:
+        pass
+    elif val.is_file():
         res["score"] = score_row(ctx, val)
     else:
         res["notes"].append(f"scoring skipped: {val} not present")
@@ -631,6 +675,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results.md"), help="markdown file to write")
     ap.add_argument("--quick", action="store_true", help="tiny size, batch 1/4, one timed run (smoke test)")
+    ap.add_argument("--only-gen", action="store_true",
+                    help="measure generation only; this device's other rows are kept from the last full run")
     ap.add_argument("--sizes", default="tiny,base,full",
                     help="comma-separated: tiny, base, full (= " + ",".join(workload.FULL) + ") or any of those")
     ap.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda")
@@ -650,6 +696,15 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     hf_logging.set_verbosity_error()  # e.g. "both min_new_tokens and min_length set" on every generate call
     res = run(args)
     out = Path(args.out)
+    if args.only_gen:  # keep this device's other rows from the last full run
+        import json
+
+        jpath = out.with_suffix(".json")
+        old = json.loads(jpath.read_text()).get(report.section_key(res["info"])) if jpath.is_file() else None
+        if old is None:
+            raise SystemExit(f"--only-gen: no earlier full run for this device in {jpath}; run without it first")
+        res = dict(old, gen=res["gen"], gen_new_tokens=res["gen_new_tokens"], gen_info=res["info"],
+                   sizes=sorted(set(old["sizes"]) | set(res["sizes"]), key=["tiny", "base"].index))
     text = report.write(res, out)
     print(text)
     print(f"total wall time {res['wall_s']:.1f} s; wrote {out}, {out.with_suffix('.json')}, {out.with_suffix('.png')}")

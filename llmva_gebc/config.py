@@ -115,11 +115,20 @@ class LLMConfig:
 
 @dataclass
 class GenerationConfig:
+    """Caption search (``llmva_gebc/models/decoding.py``), in the original's terms (transformers 4.28
+    ``generate`` from ``inputs_embeds``): ``max_length`` and ``min_length`` count one dummy start column,
+    so a caption has at most ``max_length - 1`` tokens (EOS included; the original's 30 → 29) and EOS is
+    forbidden for its first ``min_length - 1`` tokens. ``backend``: ``own`` (faithful to 4.28) or ``hf``
+    (the installed transformers' ``generate``: not the original's search; for comparison only).
+    ``compile``: a compiled decode step (not supported yet: true is refused)."""
+
     num_beams: int = 2
-    max_new_tokens: int = 30
+    max_length: int = 30
     min_length: int = 1
     repetition_penalty: float = 1.0
     length_penalty: float = 1.0
+    backend: str = "own"
+    compile: bool = False
 
 
 @dataclass

@@ -65,6 +65,11 @@ def test_quick_benchmark_writes_table_plot_and_positive_flops(tmp_path):
     # Every measured row: positive throughput, FLOPs and FLOP/s, and a ratio to the measured matmul limit.
     assert {r["batch"] for r in res["train"] if r["path"] == "cached features"} == {1, 4}
     assert {r["beams"] for r in res["gen"]} == {1, 2, 4}
+    assert {(r["backend"], r["workload"]) for r in res["gen"]} == {(b, w) for b in ("hf", "own")
+                                                                   for w in ("forced", "realistic")}
+    assert "### Caption decoder" in text
+    dec = report.decoder_pairs(res)
+    assert len(dec) == 6 and all(d["same"] for d in dec)  # own decoder: shared prefix = unshared captions
     for r in res["train"] + res["gen"] + res["extract"]:
         assert r["gflop_per_item"] > 0 and r["achieved_gflops"] > 0 and 0 < r["peak_ratio"], r
         assert r["runs"] == 1

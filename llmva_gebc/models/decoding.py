@@ -43,6 +43,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from llmva_gebc.models.shared_prefix import _call_kwargs, build_layout
+from llmva_gebc.models.shared_prefix import _left_pad as left_pad
+
 BACKENDS = ("own", "hf")
 
 
@@ -94,6 +97,9 @@ class DecodeSettings:
             raise ValueError(f"generation max_length must be >= 2 (it counts the dummy start column), got {s.max_length}")
         if s.repetition_penalty <= 0:
             raise ValueError(f"generation repetition_penalty must be > 0, got {s.repetition_penalty}")
+        if s.compile:
+            raise ValueError("model.generation.compile: true is not supported by this version (no compiled decode "
+                             "step yet); set it to false")
         if s.backend not in BACKENDS:
             raise ValueError(f"generation backend must be one of {BACKENDS}, got {s.backend!r}")
         return s
@@ -156,19 +162,12 @@ def _supports(llm, name: str) -> bool:
         return False
 
 
-def _left_pad(seqs: Sequence[torch.Tensor], offsets: Optional[Sequence[int]] = None):
-    """N × (L_i, D) → embeds (N, P, D) left-padded, mask (N, P) long, positions (N, P): position
-    ``offset_i + j`` for the j-th real token (pads get ``offset_i``, masked anyway)."""
-    N, P, D = len(seqs), max(int(s.shape[0]) for s in seqs), seqs[0].shape[-1]
-    dev = seqs[0].device
-    emb = seqs[0].new_zeros(N, P, D)  # (N, P, D)
-    mask = torch.zeros(N, P, dtype=torch.long, device=dev)  # (N, P)
-    for i, s in enumerate(seqs):
-        emb[i, P - s.shape[0]:] = s
-        mask[i, P - s.shape[0]:] = 1
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (N, P)
+def _padded(seqs: Sequence[torch.Tensor], offsets: Optional[Sequence[int]] = None):
+    """N × (L_i, D) → embeds (N, P, D) left-padded, mask (N, P) long, positions (N, P): ``offset_i + j``
+    for the j-th real token of row i (pads are masked)."""
+    emb, mask, pos = left_pad(seqs, seqs[0].device)
     if offsets is not None:
-        pos = pos + torch.tensor(list(offsets), dtype=torch.long, device=dev)[:, None]
+        pos = pos + torch.tensor(list(offsets), dtype=torch.long, device=pos.device)[:, None]
     return emb, mask, pos
 
 
@@ -310,19 +309,12 @@ def search(kv: KVRows, logits: torch.Tensor, s: DecodeSettings, eos_id: int, sta
 
 
 # ------------------------------------------------------------------------------------ entry points
-def _check(s: DecodeSettings, device: torch.device) -> None:
-    if s.compile:
-        raise ValueError("model.generation.compile: true is not supported by this version of the decoder "
-                         f"(device {device}); set it to false")
-
-
 @torch.no_grad()
 def generate_ids(llm, prompts: Sequence[torch.Tensor], s: DecodeSettings, eos_id: int, start_id: int) -> List[List[int]]:
     """New token ids per prompt (EOS included when a caption ended), each exactly its batch-of-one
     result. ``prompts``: N × (L_i, D) input embeddings; ``start_id``: the dummy start column (BOS)."""
     dev = prompts[0].device
-    _check(s, dev)
-    emb, mask, pos = _left_pad(prompts)  # (N, P, D)
+    emb, mask, pos = _padded(prompts)  # (N, P, D)
     kv = KVRows(llm, len(prompts), emb.shape[1] + s.max_new_tokens, dev)
     return search(kv, kv.run(emb, mask, pos), s, eos_id, start_id)
 
@@ -334,15 +326,67 @@ def generate_ids_shared(llm, prefixes: Sequence[torch.Tensor], group_of: Sequenc
     is run once, its cache forked for its tails (L_i >= 1, D) and then for the beams. The same ids
     as the unshared path (up to float rounding of the same sums)."""
     dev = prefixes[0].device
-    _check(s, dev)
-    pe, pm, pp = _left_pad(prefixes)  # (G, P, D)
+    pe, pm, pp = _padded(prefixes)  # (G, P, D)
     lens = [int(p.shape[0]) for p in prefixes]
     B, T = len(tails), max(int(t.shape[0]) for t in tails)
     kv = KVRows(llm, len(prefixes), pe.shape[1] + T + s.max_new_tokens, dev)
     kv.run(pe, pm, pp)
     kv.select(torch.as_tensor(list(group_of), dtype=torch.long, device=dev))  # (B,) fork per sample
-    te, tm, tp = _left_pad(tails, [lens[g] for g in group_of])  # (B, T, D)
+    te, tm, tp = _padded(tails, [lens[g] for g in group_of])  # (B, T, D)
     return search(kv, kv.run(te, tm, tp), s, eos_id, start_id)
+
+
+# ------------------------------------------------------------------------------------ hf backend
+def with_batch_invariant_penalty(g: Dict[str, Any]) -> Dict[str, Any]:
+    """HF ``generate`` kwargs whose repetition penalty covers every generated token of every row (HF's
+    own processor skips, per row, as many generated tokens as the row has left padding)."""
+    rp = g.get("repetition_penalty")
+    if rp is None or float(rp) == 1.0:
+        return g
+    from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+    g = dict(g)
+    procs = LogitsProcessorList(g.pop("logits_processor", None) or [])
+    procs.append(RepetitionPenaltyLogitsProcessor(float(rp), prompt_ignore_length=0))
+    g["repetition_penalty"], g["logits_processor"] = 1.0, procs
+    return g
+
+
+@torch.no_grad()
+def hf_generate(model, batch: Dict[str, Any], share: bool, s: DecodeSettings) -> List[str]:
+    """``generation.backend: hf``: the installed transformers' ``generate`` (the path before this module).
+    NOT the original's search (see the module docstring: stopping, lengths, min_length and text differ
+    from 4.28); kept for comparison (benchmarks). Lengths in the own path's terms: at most ``max_length - 1``
+    new tokens, EOS forbidden for the first ``min_length - 1``."""
+    g = {"num_beams": s.num_beams, "max_new_tokens": s.max_new_tokens, "min_new_tokens": s.min_length - 1,
+         "repetition_penalty": s.repetition_penalty, "length_penalty": s.length_penalty}
+    dev, llm = model.device, model.llm
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else model.eos_id
+    kw: Dict[str, Any] = {}
+    if share:  # prefill each prefix once; generate continues from the forked cache with the tails
+        lay = build_layout(model, batch)
+        pe, pmask, ppos = left_pad(lay.prefix_embeds, dev)  # (G, P, D)
+        out = llm(inputs_embeds=pe, attention_mask=pmask, position_ids=ppos, use_cache=True, **_call_kwargs(llm))
+        cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        cache.batch_select_indices(lay.group_of.repeat_interleave(s.num_beams))  # (B*k, heads, P, hd)
+        B, P, T = len(lay.tails), pe.shape[1], max(len(t) for t in lay.tails)
+        ids = torch.full((B, T), model.eos_id, dtype=torch.long, device=dev)  # tails left-padded in their block
+        tmask = torch.zeros(B, T, dtype=torch.long, device=dev)
+        for i, t in enumerate(lay.tails):
+            ids[i, T - len(t):] = torch.tensor(t, device=dev)
+            tmask[i, T - len(t):] = 1
+        tail_emb = llm.get_input_embeddings()(ids)  # (B, T, D)
+        embeds = torch.cat([tail_emb.new_zeros(B, P, tail_emb.shape[-1]), tail_emb], dim=1)  # (B, P+T, D)
+        mask = torch.cat([pmask[lay.group_of], tmask], dim=1)  # (B, P+T)
+        kw["cache"] = cache
+    else:
+        vis = model.visual_tokens(batch)  # (B, Nv, D)
+        prefixes = [model._prefix(vis[i], p) for i, p in enumerate(batch["prompt"])]
+        embeds, mask, _ = _padded(prefixes)  # (B, L, D), (B, L)
+    res = llm.generate(inputs_embeds=embeds, attention_mask=mask, do_sample=False, num_return_sequences=1,
+                       eos_token_id=model.eos_id, pad_token_id=pad, bos_token_id=model.bos_id,
+                       **with_batch_invariant_penalty(g), **kw)  # (B, new): only the new tokens
+    return [t.strip() for t in model.tokenizer.batch_decode(res, skip_special_tokens=True)]
 
 
 # ------------------------------------------------------------------------------------ text
@@ -361,10 +405,16 @@ def decode_text(tokenizer, ids: Sequence[Sequence[int]]) -> List[str]:
     4.28's space clean-up (see :func:`cleans_up_spaces`), then ``strip()``."""
     texts = tokenizer.batch_decode([list(x) for x in ids], skip_special_tokens=True, clean_up_tokenization_spaces=False)
     if cleans_up_spaces(tokenizer):
-        for a, b in _CLEANUP:
-            texts = [t.replace(a, b) for t in texts]
+        texts = [clean_up_spaces(t) for t in texts]
     return [t.strip() for t in texts]
 
 
-__all__ = ["BACKENDS", "DecodeSettings", "KVRows", "Hypotheses", "greedy", "beam_search", "search", "generate_ids",
-           "generate_ids_shared", "decode_text", "cleans_up_spaces"]
+def clean_up_spaces(text: str) -> str:
+    """4.28's ``clean_up_tokenization``: the replacements below, in this order."""
+    for a, b in _CLEANUP:
+        text = text.replace(a, b)
+    return text
+
+
+__all__ = ["BACKENDS", "hf_generate", "with_batch_invariant_penalty", "DecodeSettings", "KVRows", "Hypotheses", "greedy", "beam_search", "search", "generate_ids",
+           "generate_ids_shared", "decode_text", "cleans_up_spaces", "clean_up_spaces"]

@@ -23,8 +23,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from llmva_gebc.models import decoding
 from llmva_gebc.models.adapter import GEBCAdapter
+from llmva_gebc.models.decoding import DecodeSettings
 from llmva_gebc.models.dtypes import resolve_dtype
+from llmva_gebc.models import shared_prefix as sp
 from llmva_gebc.registry import MODELS
 
 log = logging.getLogger(__name__)
@@ -76,6 +79,7 @@ class LLMVAGEBC(nn.Module):
         self.tokenizer = tokenizer
         self.max_txt_len = max_txt_len
         self.generation = dict(generation or {})
+        DecodeSettings.build(self.generation)  # a bad model.generation fails here, not at the first caption
         eos = tokenizer.eos_token_id
         if eos is None:
             raise ValueError("the LLM tokenizer has no eos_token; set one in its tokenizer_config.json")
@@ -146,17 +150,15 @@ class LLMVAGEBC(nn.Module):
         and optionally the training ``mode`` and the packed mode's ``attention`` kernel
         (``run.share_prefix_attention``: auto | dense | flex). Falls back to the unshared path, with a
         warning, when the LLM lacks what sharing needs. Returns the value in effect."""
-        from llmva_gebc.models.shared_prefix import ATTENTION_KERNELS, MODES, supports_shared_prefix
-
         if mode is not None:
-            if mode not in MODES:
-                raise ValueError(f"shared-prefix mode must be one of {MODES}, got {mode!r}")
+            if mode not in sp.MODES:
+                raise ValueError(f"shared-prefix mode must be one of {sp.MODES}, got {mode!r}")
             self.share_prefix_mode = mode
         if attention is not None:
-            if attention not in ATTENTION_KERNELS:
-                raise ValueError(f"run.share_prefix_attention must be one of {ATTENTION_KERNELS}, got {attention!r}")
+            if attention not in sp.ATTENTION_KERNELS:
+                raise ValueError(f"run.share_prefix_attention must be one of {sp.ATTENTION_KERNELS}, got {attention!r}")
             self.packed_attention = attention
-        why = supports_shared_prefix(self.llm) if enabled else None
+        why = sp.supports_shared_prefix(self.llm) if enabled else None
         if why is not None:
             log.warning("run.share_prefix: true but %s; using the unshared path", why)
             enabled = False
@@ -167,9 +169,7 @@ class LLMVAGEBC(nn.Module):
         if share_prefix is None:
             return self.share_prefix
         if share_prefix and not self.share_prefix:
-            from llmva_gebc.models.shared_prefix import supports_shared_prefix
-
-            why = supports_shared_prefix(self.llm)
+            why = sp.supports_shared_prefix(self.llm)
             if why is not None:
                 raise ValueError(f"share_prefix=True is not possible with this LLM: {why}")
         return bool(share_prefix)
@@ -223,9 +223,7 @@ class LLMVAGEBC(nn.Module):
         """``share_prefix`` (None → ``self.share_prefix``): encode each boundary's common prefix once
         (``models/shared_prefix.py``); the same loss as the reference path below."""
         if self._sharing(share_prefix):
-            from llmva_gebc.models.shared_prefix import shared_forward
-
-            return shared_forward(self, batch, self.share_prefix_mode, self.packed_attention)
+            return sp.shared_forward(self, batch, self.share_prefix_mode, self.packed_attention)
         vis = self.visual_tokens(batch)  # (B, Nv, D)
         seqs, labels = [], []
         for i, (prompt, caption) in enumerate(zip(batch["prompt"], batch["caption"])):
@@ -273,58 +271,31 @@ class LLMVAGEBC(nn.Module):
         return self._logits_to_keep_ok
 
     # ------------------------------------------------------------------ generation
-    def generation_kwargs(self, **overrides) -> Dict[str, Any]:
-        g = {"num_beams": 2, "max_new_tokens": 30, "min_length": 1, "repetition_penalty": 1.0,
-             "length_penalty": 1.0}
-        g.update(self.generation)
-        g.update({k: v for k, v in overrides.items() if v is not None})
-        return g
+    def decode_settings(self, **overrides) -> DecodeSettings:
+        """``model.generation`` plus call overrides (see :class:`~llmva_gebc.models.decoding.DecodeSettings`;
+        ``max_length`` counts the original's dummy start column, ``max_new_tokens=n`` means ``n + 1``)."""
+        return DecodeSettings.build(self.generation, **overrides)
 
     @torch.no_grad()
     def generate(self, batch: Dict[str, Any], share_prefix: Optional[bool] = None, **overrides) -> List[str]:
-        """Beam search, one caption per sample. Prompts are LEFT-padded so that every sample's result
-        equals its batch-of-one result. ``share_prefix`` (None → ``self.share_prefix``): prefill each
-        boundary's common prefix once and continue from its KV cache (same captions)."""
-        if self._sharing(share_prefix):
-            from llmva_gebc.models.shared_prefix import shared_generate
-
-            return shared_generate(self, batch, **overrides)
-        vis = self.visual_tokens(batch)  # (B, Nv, D)
-        prefixes = [self._prefix(vis[i], p) for i, p in enumerate(batch["prompt"])]
-        L = max(p.shape[0] for p in prefixes)
-        B, D = len(prefixes), vis.shape[-1]
-        embeds = vis.new_zeros(B, L, D)  # (B, L, D), left-padded
-        attn = torch.zeros(B, L, dtype=torch.long, device=self.device)
-        for i, p in enumerate(prefixes):
-            embeds[i, L - p.shape[0]:] = p
-            attn[i, L - p.shape[0]:] = 1
-        g = with_batch_invariant_penalty(self.generation_kwargs(**overrides))
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
-        out = self.llm.generate(
-            inputs_embeds=embeds, attention_mask=attn, do_sample=False, num_return_sequences=1,
-            eos_token_id=self.eos_id, pad_token_id=pad, bos_token_id=self.bos_id, **g,
-        )  # (B, new) — only the new tokens when generating from inputs_embeds
-        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
-
-
-def with_batch_invariant_penalty(g: Dict[str, Any]) -> Dict[str, Any]:
-    """Generation kwargs whose repetition penalty covers every generated token of every row.
-
-    From ``inputs_embeds``, Hugging Face's own processor skips, in each row, as many generated tokens
-    as that row has left padding, so a sample's caption would depend on its batch-mates. A batch of
-    one (the original's per-sample result) has no padding: the penalty covers all generated tokens;
-    this makes every batch do that. (``min_length`` counts the prompt, as in the original; with the
-    default of 1 it constrains nothing.)"""
-    rp = g.get("repetition_penalty")
-    if rp is None or float(rp) == 1.0:
-        return g
-    from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
-
-    g = dict(g)
-    procs = LogitsProcessorList(g.pop("logits_processor", None) or [])
-    procs.append(RepetitionPenaltyLogitsProcessor(float(rp), prompt_ignore_length=0))
-    g["repetition_penalty"], g["logits_processor"] = 1.0, procs
-    return g
+        """One caption per sample: transformers 4.28.0's search for that sample alone (the original's
+        result), whatever its batch-mates (``models/decoding.py``). ``share_prefix`` (None →
+        ``self.share_prefix``): prefill each boundary's common prefix once and fork its KV cache for
+        the prompt tails and beams (the same captions)."""
+        s = self.decode_settings(**overrides)
+        share = self._sharing(share_prefix)
+        if s.backend == "hf":
+            return decoding.hf_generate(self, batch, share, s)
+        if share:
+            lay = sp.build_layout(self, batch)
+            tails = [self._embed(t) for t in lay.tails]  # B × (Lt, D)
+            ids = decoding.generate_ids_shared(self.llm, lay.prefix_embeds, lay.group_of.tolist(), tails, s,
+                                               self.eos_id, self.bos_id)
+        else:
+            vis = self.visual_tokens(batch)  # (B, Nv, D)
+            prompts = [self._prefix(vis[i], p) for i, p in enumerate(batch["prompt"])]  # B × (Lp, D)
+            ids = decoding.generate_ids(self.llm, prompts, s, self.eos_id, self.bos_id)
+        return decoding.decode_text(self.tokenizer, ids)
 
 
 # ---------------------------------------------------------------------- builder

@@ -37,10 +37,8 @@ the unshared samples/s; the cache path pays for the per-sample cache gather and 
 Loss: the mean token cross-entropy over all caption+EOS tokens of the batch (per token, the
 original's Hugging Face mean), as the reference path.
 
-Generation: prefill the prefixes once (no logits but the last), gather the cache per sample × beam, then
-Hugging Face ``generate`` continues from ``inputs_embeds`` (the prefix part is a placeholder that is
-never recomputed, only the prompt tail is run) with a 2-D mask over prefix + tail, so length/min-length/
-repetition-penalty semantics are those of the reference call (``input_ids`` starts empty in both).
+Generation (``models/decoding.py``) uses :func:`build_layout`: each prefix is prefilled once and its
+KV cache forked for the prompt tails and beams.
 """
 from __future__ import annotations
 
@@ -345,45 +343,6 @@ def _forward_packed(model, lay: Layout, conts, starts, kernel: str = "dense") ->
     return _ce(logits, tgt[:, L - logits.shape[1]:])
 
 
-# ------------------------------------------------------------------------------------ generation
-@torch.no_grad()
-def shared_generate(model: "LLMVAGEBC", batch: Dict[str, Any], **overrides) -> List[str]:
-    dev = model.device
-    lay = build_layout(model, batch)
-    g = model.generation_kwargs(**overrides)
-    beams = int(g.get("num_beams", 1) or 1)
-    pe, pmask, ppos = _left_pad(lay.prefix_embeds, dev)  # (G, P, D)
-    out = model.llm(inputs_embeds=pe, attention_mask=pmask, position_ids=ppos, use_cache=True,
-                    **_call_kwargs(model.llm))
-    cache = out.cache if hasattr(out, "cache") else out.past_key_values
-    cache.batch_select_indices(lay.group_of.repeat_interleave(beams))  # (B*beams, heads, P, hd)
-    B, P = len(lay.tails), pe.shape[1]
-    T = max(len(t) for t in lay.tails)
-    ids = torch.full((B, T), model.eos_id, dtype=torch.long, device=dev)  # tails left-padded in their block
-    tmask = torch.zeros(B, T, dtype=torch.long, device=dev)
-    for i, t in enumerate(lay.tails):
-        ids[i, T - len(t):] = torch.tensor(t, device=dev)
-        tmask[i, T - len(t):] = 1
-    tail_emb = model.llm.get_input_embeddings()(ids)  # (B, T, D)
-    embeds = torch.cat([tail_emb.new_zeros(B, P, tail_emb.shape[-1]), tail_emb], dim=1)  # (B, P+T, D)
-    mask = torch.cat([pmask[lay.group_of], tmask], dim=1)  # (B, P+T)
-    # The reference passes inputs_embeds of its padded prompt length L_ref; HF then counts min_length
-    # as max(min_length - L_ref, 0) NEW tokens. Reproduce that count with our input length P+T.
-    m = g.pop("min_length", None)
-    if m is not None:
-        want = max(int(m) - max(lay.full_prompt_len), 0)
-        g["min_length"] = want + P + T if want > 0 else 0
-    from llmva_gebc.models.llmva_gebc import with_batch_invariant_penalty
-
-    g = with_batch_invariant_penalty(g)  # the same penalty semantics as the unshared path
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else model.eos_id
-    res = model.llm.generate(
-        inputs_embeds=embeds, attention_mask=mask, cache=cache, do_sample=False, num_return_sequences=1,
-        eos_token_id=model.eos_id, pad_token_id=pad, bos_token_id=model.bos_id, **g,
-    )  # (B, new): only the new tokens when generating from inputs_embeds
-    return [t.strip() for t in model.tokenizer.batch_decode(res, skip_special_tokens=True)]
-
-
 __all__ = ["MODES", "DEFAULT_MODE", "ATTENTION_KERNELS", "packed_attention_kernel", "packed_mask_mod",
            "dense_packed_mask", "flex_packed_mask", "attention_implementation", "find_groups", "common_prefix_len", "build_layout", "Layout",
-           "supports_shared_prefix", "shared_forward", "shared_generate"]
+           "supports_shared_prefix", "shared_forward"]
