@@ -37,21 +37,23 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from llmva_gebc.config import GenerationConfig
 from llmva_gebc.models.shared_prefix import _call_kwargs, build_layout
 from llmva_gebc.models.shared_prefix import _left_pad as left_pad
 
 BACKENDS = ("own", "hf")
 
 
-@dataclass(frozen=True)
-class DecodeSettings:
-    """What one ``generate`` call searches with (config ``model.generation``).
+@dataclass
+class DecodeSettings(GenerationConfig):
+    """What one ``generate`` call searches with: the ``model.generation`` keys (their schema, defaults and
+    meaning: :class:`llmva_gebc.config.GenerationConfig`) plus call overrides.
 
     ``max_length`` is in the original's terms: it counts the dummy start column, so a caption has at
     most ``max_length - 1`` tokens, EOS included (the original's ``max_length=30`` → 29). ``min_length``
@@ -59,14 +61,6 @@ class DecodeSettings:
     ``"own"`` (this module, faithful to transformers 4.28) or ``"hf"`` (the installed transformers'
     ``generate``, NOT faithful: kept as a named alternative for comparison).
     """
-
-    num_beams: int = 2
-    max_length: int = 30
-    min_length: int = 1
-    repetition_penalty: float = 1.0
-    length_penalty: float = 1.0
-    backend: str = "own"
-    compile: bool = False
 
     @property
     def max_new_tokens(self) -> int:
@@ -77,7 +71,7 @@ class DecodeSettings:
         """Settings from a config mapping plus call overrides (None values ignored). ``max_new_tokens=n``
         is accepted as a synonym of ``max_length=n + 1``. Raises TypeError on an unknown key and
         ValueError on an impossible value."""
-        known = {f for f in cls.__dataclass_fields__}
+        known = {f.name for f in fields(cls)}
         merged: Dict[str, Any] = {}
         for src in (base, overrides):
             for key, val in dict(src).items():
