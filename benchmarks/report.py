@@ -30,9 +30,10 @@ Workloads (random weights: the speed of a configuration does not depend on train
 
 {sizes}
 * Batches: sample i = boundary i // 3 with caption type i % 3 (as a GEBC split is ordered), realistic
-  prompts (`build_prompt`) and captions of 1–9 words. Generation makes exactly {new} new tokens per
-  caption (`max_new_tokens = min_new_tokens = {new}`, so the work does not depend on when a random
-  model emits EOS).
+  prompts (`build_prompt`) and captions of 1–9 words. Generation, `forced` workload: exactly {new} new
+  tokens per caption (`max_new_tokens = {new}`, EOS forbidden until then, so the work does not depend on
+  when a random model emits EOS); `realistic`: max_length 30 and the EOS logit raised by ln(V/10), so
+  captions end after a few tokens as a trained model's do.
 
 ## How FLOPs are counted
 
