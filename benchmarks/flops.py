@@ -142,16 +142,20 @@ def train_step(s: LLMShape, tok: Tokens, adapter_fwd: float, shared: bool, encod
     return 3 * adapter_fwd * n_vis + 2 * llm + encoder_fwd * n_vis
 
 
-def generate_call(s: LLMShape, tok: Tokens, adapter_fwd: float, beams: int, new_tokens: int, shared: bool) -> float:
-    """FLOPs of one ``model.generate`` call producing exactly ``new_tokens`` per caption."""
+def generate_call(s: LLMShape, tok: Tokens, adapter_fwd: float, beams: int, new_tokens: int, shared: bool,
+                  expand_first: bool = True) -> float:
+    """FLOPs of one ``model.generate`` call producing exactly ``new_tokens`` per caption.
+    ``expand_first``: the prompt (tails) run once per beam, as transformers' ``generate`` does; False:
+    once per sample, the KV cache then copied per beam (the project's decoder, ``models/decoding.py``)."""
     B, G, k = tok.batch, tok.groups, beams
+    rows = B * k if expand_first else B
     if not shared:
         L = max(tok.full_len)
-        f = adapter_fwd * B + llm_forward(s, B * k, L, L, 1)
+        f = adapter_fwd * B + llm_forward(s, rows, L, L, 1)
         start = L
     else:
         P, T = max(tok.prefix_len), max(tok.tail_len)
-        f = adapter_fwd * G + llm_forward(s, G, P, P, 1) + llm_forward(s, B * k, T, P + T, 1)
+        f = adapter_fwd * G + llm_forward(s, G, P, P, 1) + llm_forward(s, rows, T, P + T, 1)
         start = P + T
     for t in range(1, new_tokens):
         f += llm_forward(s, B * k, 1, start + t, 1)

@@ -118,8 +118,9 @@ def decoder_pairs(res: Dict[str, Any]) -> List[Dict[str, Any]]:
     speed-up against the FLOP prediction."""
     rows = [r for r in res["gen"] if r.get("backend")]
     out = []
+    order = list(dict.fromkeys(r["size"] for r in rows))
     keys = sorted({(r["size"], r["precision"], r["workload"], r["beams"], r["batch"]) for r in rows},
-                  key=lambda k: (["tiny", "base"].index(k[0]) if k[0] in ("tiny", "base") else 9, k[1:]))
+                  key=lambda k: (order.index(k[0]), k[1:]))
     for size, prec, load, beams, batch in keys:
         get = {(r["backend"], r["share_prefix"]): r for r in rows
                if (r["size"], r["precision"], r["workload"], r["beams"], r["batch"]) == (size, prec, load, beams, batch)}

@@ -290,14 +290,15 @@ def gen_rows(ctx, size: str, beams: int, shares: Sequence[Optional[bool]] = (Non
         caps = out[backend, share]
         lens = [len(model.tokenizer(c, add_special_tokens=False).input_ids) for c in caps]
         new = GEN_NEW_TOKENS if load == "forced" else max(lens) + 1  # FLOPs: decode steps of the longest
-        f = flops.generate_call(S["shape"], tok, S["adapter_fwd"], beams, new, bool(share))
+        f = flops.generate_call(S["shape"], tok, S["adapter_fwd"], beams, new, bool(share), expand_first=backend == "hf")
         cps = B / t.median
+        prompt_rows = B * beams if backend == "hf" else B  # prompt rows: once per beam (hf) or per sample (own)
         row = {"size": size, "beams": beams, "precision": precision, "batch": B, "share_prefix": bool(share),
                "backend": backend, "workload": load, "caption_tokens": sum(lens) / len(lens),
                "captions_per_s": cps, "call_s": t.median, "runs": t.runs,
                "peak_mem_mib": None if t.peak_mem is None else t.peak_mem / MIB,
-               "llm_prompt_tokens": (tok.groups * max(tok.prefix_len) + B * beams * max(tok.tail_len)) if share
-               else B * beams * max(tok.full_len),
+               "llm_prompt_tokens": (tok.groups * max(tok.prefix_len) + prompt_rows * max(tok.tail_len))
+               if share else prompt_rows * max(tok.full_len),
                "predicted_flops_batch": f, "captions": caps}
         _flop_cols(ctx, row, f / B, cps, precision)
         ctx.say(f"gen   {size:4s} {precision} {load:9s} {backend:3s} beams={beams} B={B} share={bool(share)!s:5s} "
@@ -704,7 +705,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         if old is None:
             raise SystemExit(f"--only-gen: no earlier full run for this device in {jpath}; run without it first")
         res = dict(old, gen=res["gen"], gen_new_tokens=res["gen_new_tokens"], gen_info=res["info"],
-                   sizes=sorted(set(old["sizes"]) | set(res["sizes"]), key=["tiny", "base"].index))
+                   sizes=old["sizes"] + [x for x in res["sizes"] if x not in old["sizes"]])
     text = report.write(res, out)
     print(text)
     print(f"total wall time {res['wall_s']:.1f} s; wrote {out}, {out.with_suffix('.json')}, {out.with_suffix('.png')}")
