@@ -130,7 +130,7 @@ def full_rows(ctx, name: str) -> List[Dict[str, Any]]:
     def make_call(share: bool):
         def call():
             with harness.autocast(dev, prec):
-                out[share] = model.generate(gbatch, num_beams=4, max_new_tokens=n_new, min_new_tokens=n_new,
+                out[share] = model.generate(gbatch, num_beams=4, max_new_tokens=n_new, min_length=n_new + 1,
                                             share_prefix=share)
         return call
 
