@@ -32,8 +32,8 @@ Workloads (random weights: the speed of a configuration does not depend on train
 * Batches: sample i = boundary i // 3 with caption type i % 3 (as a GEBC split is ordered), realistic
   prompts (`build_prompt`) and captions of 1–9 words. Generation, `forced` workload: exactly {new} new
   tokens per caption (`max_new_tokens = {new}`, EOS forbidden until then, so the work does not depend on
-  when a random model emits EOS); `realistic`: max_length 30 and the EOS logit raised by ln(V/10), so
-  captions end after a few tokens as a trained model's do.
+  when a random model emits EOS); `realistic`: max_length 30 and the EOS logit raised step by step
+  (`eos_tilt` in `benchmarks/run.py`) so captions end after about 8–12 tokens, as a trained model's do.
 
 ## How FLOPs are counted
 

@@ -16,6 +16,7 @@ values of :func:`train_rows` / :func:`gen_rows` (rows for on/off appear when ``m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import inspect
 import logging
@@ -231,21 +232,32 @@ REALISTIC_MAX_LENGTH = 30  # the original's max_length
 
 
 @contextlib.contextmanager
-def eos_tilt(model, bias: float):
-    """Add ``bias`` to the EOS logit of the LM head (a forward hook): random weights then end captions
-    after a few tokens, as a trained model does, instead of running to the length limit."""
+def eos_tilt(model, start: float = 8.0, spread: float = 4.0):
+    """Make random weights end captions after ``start``–``start + spread`` tokens, as a trained model's do:
+    a forward hook on the LM head sets the EOS logit of each row to the row's maximum plus
+    ``2 · (step − t0)``, with ``t0`` drawn per row and step from the row's own logits (so rows end at
+    different steps whatever their order in the batch). ``step`` counts decode calls since the last
+    prompt call (``inputs_embeds`` of more than one position)."""
     head = model.llm.get_output_embeddings()
+    step = [0]
+
+    def count(_module, args, kwargs):
+        emb = kwargs.get("inputs_embeds")
+        step[0] = 0 if emb is not None and emb.shape[1] > 1 else step[0] + 1
 
     def hook(_module, _inp, out):
         out = out.clone()
-        out[..., model.eos_id] += bias
+        noise = (out[..., 5].float() * 1e4).frac().abs()  # (R, T) in [0, 1), content-derived
+        top = out.max(dim=-1).values  # (R, T)
+        out[..., model.eos_id] = top + 2.0 * (step[0] - start - spread * noise).to(out.dtype)
         return out
 
-    h = head.register_forward_hook(hook)
+    hooks = [model.llm.register_forward_pre_hook(count, with_kwargs=True), head.register_forward_hook(hook)]
     try:
         yield
     finally:
-        h.remove()
+        for h in hooks:
+            h.remove()
 
 
 def gen_rows(ctx, size: str, beams: int, shares: Sequence[Optional[bool]] = (None,),
@@ -254,7 +266,7 @@ def gen_rows(ctx, size: str, beams: int, shares: Sequence[Optional[bool]] = (Non
     ``backend`` ``own`` (the project's decoder) or ``hf`` (transformers' ``generate``, the earlier path) —
     all measured interleaved on the same batch. ``load``: ``forced`` = exactly GEN_NEW_TOKENS new tokens
     per caption (EOS forbidden until then); ``realistic`` = max_length 30 and an LM head tilted towards EOS
-    (:func:`eos_tilt`, bias ln(V/10): EOS about 1 in 10 per step) so captions end after a few tokens."""
+    (:func:`eos_tilt`) so captions end after about 8–12 tokens."""
     S = ctx.sizes[size]
     model, cfg = S["model"], S["cfg"]
     spec = workload.SIZES[size]
@@ -268,8 +280,7 @@ def gen_rows(ctx, size: str, beams: int, shares: Sequence[Optional[bool]] = (Non
         tilt = contextlib.nullcontext()
     else:
         kw_len = {"max_length": REALISTIC_MAX_LENGTH}
-        V = model.llm.get_output_embeddings().weight.shape[0]
-        tilt = eos_tilt(model, float(torch.log(torch.tensor(V / 10.0))))
+        tilt = eos_tilt(model)
     combos = [(b, s) for b in backends for s in shares]
 
     def make_call(backend, share):
