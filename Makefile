@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast demo bench bench-gpu check-java clean
+.PHONY: install test test-fast demo tiny bench bench-gpu check-java clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ test-fast: install
 
 demo: install
 	$(PY) -m llmva_gebc.demo --out $(DEMO_OUT)
+
+# What train_configs/tiny.yaml reads, where it reads it (build/tiny_llm, build/synthetic_gebc with
+# features/tiny; LLMVA_TINY_LLM / LLMVA_DATA move them): then `python train.py --cfg-path train_configs/tiny.yaml`.
+tiny: install
+	$(PY) -m llmva_gebc.models.tiny --setup
 
 bench: install
 	$(PY) benchmarks/run.py --out benchmarks/results.md

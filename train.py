@@ -3,34 +3,51 @@
 
 Multi-process: ``torchrun --nproc_per_node=N train.py --cfg-path ...`` (DDP by default,
 ``--options run.distributed.strategy=fsdp`` for FSDP2). See README "Training".
+
+A new run goes into ``<run.output_dir>/<run.run_name>/``, which must not hold an earlier run:
+``--resume DIR`` continues that run in its own directory, ``--overwrite`` empties it first.
+User errors (config, missing inputs, run directory) print one ``error:`` line and exit with status 2.
 """
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
+from llmva_gebc import cli
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    from llmva_gebc.config import add_config_args, load_config
 
+def build_parser() -> argparse.ArgumentParser:
+    from llmva_gebc.config import add_config_args
+
+    parser = argparse.ArgumentParser(prog="train.py", description=__doc__.splitlines()[0])
     add_config_args(parser)
     parser.add_argument("--resume", default=None, metavar="DIR",
-                        help="checkpoint dir (or run dir: its checkpoint_last/) to continue from; = run.resume")
-    args = parser.parse_args(argv)
+                        help="checkpoint dir (or run dir: its checkpoint_last/) to continue from, in its own "
+                             "run directory; = run.resume")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="empty an existing run directory first (= run.overwrite=true)")
+    cli.add_debug_arg(parser)
+    return parser
 
+
+def _main(argv) -> int:
+    args = build_parser().parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(stream=sys.stdout, level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s")
-    import llmva_gebc  # noqa: F401  (fills the registries)
-    from llmva_gebc import dist
-    from llmva_gebc.engine.trainer import train
+    cli.setup_logging(args.debug, level=20 if rank == 0 else 30, stream=sys.stdout,
+                      fmt=f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s")
+    from llmva_gebc.config import check_inputs, load_config
 
     cfg = load_config(args.cfg_path, args.options)
     if args.resume is not None:
         cfg.run.resume = args.resume
+    if args.overwrite:
+        cfg.run.overwrite = True
+    check_inputs(cfg, [*cfg.run.train_splits, *cfg.run.valid_splits, *cfg.run.test_splits])
+
+    from llmva_gebc import dist
+    from llmva_gebc.engine.trainer import train
+
     try:
         run_dir = train(cfg)
         if dist.is_main_process():
@@ -38,6 +55,13 @@ def main(argv=None) -> int:
     finally:
         dist.destroy()
     return 0
+
+
+def main(argv=None) -> int:
+    """Run the command line; a user error prints one ``error:`` line and returns 2 (see :mod:`llmva_gebc.cli`)."""
+    from llmva_gebc import cli
+
+    return cli.run(_main, argv)
 
 
 if __name__ == "__main__":

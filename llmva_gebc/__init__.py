@@ -1,19 +1,9 @@
 """llmva-gebc: Generic Event Boundary Captioning with a frozen LLM (LLMVA-GEBC).
 
-Importing the package registers every dataset builder, model, processor, task, runner and LR
-scheduler, through the explicit imports below (no star-imports, no import-time I/O or network).
+``import llmva_gebc`` is light: it imports neither torch nor transformers. The registries
+(:mod:`llmva_gebc.registry`) import the modules that register the builtin datasets, processors,
+schedulers, runner and model on their first lookup; :func:`load` imports the model code when called.
 """
-from llmva_gebc import registry  # noqa: F401
-from llmva_gebc import config  # noqa: F401
-
-# Registration: each import below runs the module's @REGISTRY.register decorators.
-from llmva_gebc.data import gebc as _data_gebc  # noqa: F401  (dataset 'gebc')
-from llmva_gebc.data import pretrain as _data_pretrain  # noqa: F401  (webvid, cc3m, videochat_instruct)
-from llmva_gebc.data import processors as _data_processors  # noqa: F401  (clip_video_eval/train, clip_image_eval)
-from llmva_gebc.engine import optim as _engine_optim  # noqa: F401  (LR schedulers)
-from llmva_gebc.engine import trainer as _engine_trainer  # noqa: F401  (runner_base)
-from llmva_gebc.models import llmva_gebc as _models_llmva_gebc  # noqa: F401
-
 __version__ = "0.1.0"
 
 

@@ -44,6 +44,7 @@ from llmva_gebc.data.gebc import (
     load_feature_array, read_json, reference_points, resample_nearest, resolve_path,
 )
 from llmva_gebc.data.video import VideoDecodeError, probe_video, read_frames
+from llmva_gebc.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ DEFAULT_LABEL = "Change of Action"  # the most frequent GEBC label
 BoundarySpec = Union[float, int, Mapping[str, Any]]
 
 
-class CaptionError(ValueError):
+class CaptionError(UserError):
     """A request that cannot be captioned (bad timestamp, label, missing input); the message says why."""
 
 
@@ -407,9 +408,9 @@ def load(cfg_path, ckpt: Optional[str | os.PathLike] = None, options: Optional[S
     torch.manual_seed(int(cfg.run.seed))  # as run_evaluation: random parts are identical
     model = build_model(cfg.model, device=dev)
     if ckpt:
-        from llmva_gebc.models.checkpoint import load_trainable
+        from llmva_gebc.models.checkpoint import load_trained
 
-        load_trainable(model, ckpt, allow_partial=bool(cfg.model.allow_partial_load))
+        load_trained(model, ckpt, cfg)
         log.info("loaded trainable weights from %s", ckpt)
     elif not cfg.model.checkpoint:
         log.warning("no trained weights (no ckpt and no model.checkpoint): the adapter is randomly initialised "

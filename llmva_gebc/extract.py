@@ -33,6 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from llmva_gebc.config import ConfigError
 from llmva_gebc.data.gebc import VIDEO_EXTS, DataError, check_q_tokens, find_video, load_feature_array
 from llmva_gebc.data.video import read_frames
 
@@ -226,17 +227,19 @@ def extract_features(
 def _pick_dataset_cfg(cfg, name: Optional[str]):
     if name is not None:
         if name not in cfg.datasets:
-            raise KeyError(f"--dataset '{name}' is not in the config's datasets ({list(cfg.datasets)})")
+            raise ConfigError(f"--dataset '{name}' is not in the config's datasets ({list(cfg.datasets)})")
         return cfg.datasets[name]
     return next(iter(cfg.datasets.values()), None)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _main(argv: Sequence[str]) -> int:
+    from llmva_gebc import cli
     from llmva_gebc.config import add_config_args, load_config
     from llmva_gebc.data.processors import build_processor
     from llmva_gebc.models.encoder import build_encoder
 
-    p = argparse.ArgumentParser(description="Extract image Q-Former tokens for every video (resumable).")
+    p = argparse.ArgumentParser(prog="python -m llmva_gebc.extract",
+                                description="Extract image Q-Former tokens for every video (resumable).")
     add_config_args(p)
     p.add_argument("--videos", required=True, help="folder of video files (<video_id>.mp4)")
     p.add_argument("--out", required=True, help="output folder for <video_id>.npy")
@@ -250,9 +253,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: run.device)")
     p.add_argument("--save-dtype", default="float32", choices=["float32", "float16"])
     p.add_argument("--overwrite", action="store_true", help="recompute videos whose .npy exists")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (there is none without a terminal)")
+    cli.add_debug_arg(p)
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cli.setup_logging(a.debug)
 
     cfg = load_config(a.cfg_path, a.options)
     ds_cfg = _pick_dataset_cfg(cfg, a.dataset)
@@ -271,7 +275,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     encoder = build_encoder(cfg.model.encoder, device=device)
     videos = list_videos(a.videos, a.list)
     rep = extract_features(encoder, videos, a.out, processor, num_frames, a.batch_size, overwrite=a.overwrite,
-                           save_dtype=a.save_dtype, progress=not a.no_progress, num_workers=a.num_workers)
+                           save_dtype=a.save_dtype, progress=not a.no_progress and cli.progress_enabled(),
+                           num_workers=a.num_workers)
     secs = max(rep["seconds"], 1e-9)
     print(
         f"extract: {rep['extracted']} extracted ({len(rep['redone'])} over a bad existing output),"
@@ -282,6 +287,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for f in rep["failed"][:10]:
         print(f"  FAILED {f['video']}: {f['error']}", file=sys.stderr)
     return 1 if rep["failed"] else 0
+
+
+def main(argv=None) -> int:
+    """Run the command line; a user error prints one ``error:`` line and returns 2 (see :mod:`llmva_gebc.cli`)."""
+    from llmva_gebc import cli
+
+    return cli.run(_main, argv)
 
 
 if __name__ == "__main__":

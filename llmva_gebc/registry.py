@@ -2,14 +2,36 @@
 
 A LAVIS-style registry reduced to what it must do: decorator registration, and a lookup whose
 unknown names raise an error listing the registered ones. The only state is the name maps.
-Registration happens when the defining module is imported; ``llmva_gebc/__init__.py`` imports every
-such module explicitly (no star-imports), so ``import llmva_gebc`` fills all registries.
+Registration happens when the defining module is imported. The package's own modules are listed in
+``BUILTIN_MODULES`` and imported (explicitly, no star-imports) on the first lookup, so that
+``import llmva_gebc`` stays light (no torch, no transformers) and a lookup still sees every builtin.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Callable, Dict, Iterator, TypeVar
 
 T = TypeVar("T")
+
+# Modules whose import registers the builtin dataset builders, processors, LR schedulers, runner, model.
+BUILTIN_MODULES = (
+    "llmva_gebc.data.gebc",  # dataset 'gebc'
+    "llmva_gebc.data.pretrain",  # webvid, cc3m, videochat_instruct
+    "llmva_gebc.data.processors",  # clip_video_eval/train, clip_image_eval
+    "llmva_gebc.engine.optim",  # LR schedulers
+    "llmva_gebc.engine.trainer",  # runner_base
+    "llmva_gebc.models.llmva_gebc",  # model 'llmva_gebc'
+)
+_builtins_state = {"loaded": False}
+
+
+def load_builtins() -> None:
+    """Import :data:`BUILTIN_MODULES` once (their decorators fill the registries)."""
+    if _builtins_state["loaded"]:
+        return
+    _builtins_state["loaded"] = True  # set first: a module may look something up while importing
+    for name in BUILTIN_MODULES:
+        importlib.import_module(name)
 
 
 class Registry:
@@ -32,6 +54,7 @@ class Registry:
         return deco
 
     def get(self, name: str) -> Callable:
+        load_builtins()
         try:
             return self._map[name]
         except KeyError:
@@ -42,13 +65,15 @@ class Registry:
         return self.get(name)(*args, **kwargs)
 
     def names(self) -> list[str]:
+        load_builtins()
         return sorted(self._map)
 
     def __contains__(self, name: object) -> bool:
+        load_builtins()
         return name in self._map
 
     def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._map))
+        return iter(self.names())
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {self.names()})"
@@ -61,4 +86,4 @@ TASKS = Registry("task")
 RUNNERS = Registry("runner")
 LR_SCHEDULERS = Registry("lr scheduler")
 
-__all__ = ["Registry", "DATASETS", "MODELS", "PROCESSORS", "TASKS", "RUNNERS", "LR_SCHEDULERS"]
+__all__ = ["Registry", "BUILTIN_MODULES", "load_builtins", "DATASETS", "MODELS", "PROCESSORS", "TASKS", "RUNNERS", "LR_SCHEDULERS"]

@@ -23,6 +23,8 @@ import pickle
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
+from llmva_gebc.errors import UserError
+
 _NUMPY_GLOBALS = {
     # (module, name) as written in the pickle -> (module, name) to import (numpy 1.x pickles name numpy.core)
     ("numpy._core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
@@ -42,7 +44,7 @@ ALLOWED: Dict[str, Dict[Tuple[str, str], Tuple[str, str]]] = {
 _WHAT = {"submission": "dicts, lists and strings", "array": "numpy arrays or lists of numbers"}
 
 
-class RefusedPickleError(pickle.UnpicklingError):
+class RefusedPickleError(pickle.UnpicklingError, UserError):
     """A pickle that names a global its format does not need; the message names the global."""
 
 

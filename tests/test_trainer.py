@@ -169,7 +169,9 @@ def test_tensorboard_missing_is_a_clear_error(tmp_path, monkeypatch):
         return real_import(name, *a, **kw)
 
     monkeypatch.setattr(builtins, "__import__", no_tb)
-    with pytest.raises(RuntimeError, match="tensorboard"):
+    from llmva_gebc.errors import UserError
+
+    with pytest.raises(UserError, match="tensorboard"):  # one line from the CLIs, exit status 2
         _run(toy_config(tmp_path, max_epoch=1, tensorboard=True))
 
 

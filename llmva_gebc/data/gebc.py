@@ -46,15 +46,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from llmva_gebc.data import LABELS, TYPES  # noqa: F401  (re-exported)
+from llmva_gebc.errors import UserError
 from llmva_gebc.registry import DATASETS
 from llmva_gebc.safe_pickle import load_pickle
 
 logger = logging.getLogger(__name__)
 
-TYPES = ("subject", "status_before", "status_after")
-LABELS = (
-    "Change of Action", "Change of Subject", "Change of Object Being Interacted", "Change of Color", "Multiple",
-)
 _TYPE_PROMPTS = {
     "subject": "The subject is",
     "status_before": "Status before change is",
@@ -64,7 +62,7 @@ _BOUNDARY_KEYS = ("boundary_id", "timestamp", "prev_timestamp", "next_timestamp"
 VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Bad input data (annotation, features); the message names the file and the key."""
 
 

@@ -36,6 +36,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from llmva_gebc.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 COLORS: Dict[str, Tuple[int, int, int]] = {
@@ -311,9 +313,9 @@ def generate(out: str | os.PathLike, num_videos: int = 240, seed: int = 0, size:
              workers: int = 1, splits=(0.7, 0.15, 0.15)) -> Dict[str, Any]:
     """Write the dataset; returns a summary {split: (videos, boundaries), ...}."""
     if num_videos < 3:
-        raise ValueError("num_videos must be >= 3 (one per split)")
+        raise UserError("num_videos must be >= 3 (one per split)")
     if size % 2 or size < 32:
-        raise ValueError("size must be even and >= 32")
+        raise UserError("size must be even and >= 32")
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
@@ -346,18 +348,29 @@ def generate(out: str | os.PathLike, num_videos: int = 240, seed: int = 0, size:
     return summary
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Write synthetic GEBC clips in the Kinetics-GEBC layout.")
+def _main(argv) -> int:
+    from llmva_gebc import cli
+
+    p = argparse.ArgumentParser(prog="python -m llmva_gebc.data.synthetic", description="Write synthetic GEBC clips in the Kinetics-GEBC layout.")
     p.add_argument("--out", required=True, help="output dataset directory")
     p.add_argument("--num-videos", type=int, default=240)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=64, help="frame width = height in pixels (even)")
     p.add_argument("--fps", type=int, default=8)
     p.add_argument("--workers", type=int, default=1, help="processes (2 is plenty)")
+    cli.add_debug_arg(p)
     a = p.parse_args(argv)
+    cli.setup_logging(a.debug, level=30)
     s = generate(a.out, a.num_videos, a.seed, a.size, a.fps, a.workers)
     print("wrote " + ", ".join(f"{k}: {v[0]} videos / {v[1]} boundaries" for k, v in s.items()) + f" to {a.out}")
     return 0
+
+
+def main(argv=None) -> int:
+    """Run the command line; a user error prints one ``error:`` line and returns 2 (see :mod:`llmva_gebc.cli`)."""
+    from llmva_gebc import cli
+
+    return cli.run(_main, argv)
 
 
 if __name__ == "__main__":

@@ -31,11 +31,13 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from llmva_gebc.errors import UserError
+
 logger = logging.getLogger(__name__)
 BACKENDS = ("decord", "pyav")
 
 
-class VideoDecodeError(RuntimeError):
+class VideoDecodeError(RuntimeError, UserError):
     """A video that is missing or cannot be decoded; the message names the file."""
 
 

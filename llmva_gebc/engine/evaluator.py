@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from llmva_gebc import dist
+from llmva_gebc.cli import progress_enabled
 from llmva_gebc.data.collate import collate_for, to_device
 from llmva_gebc.data.gebc import resolve_path
 from llmva_gebc.data.samplers import BoundaryShardSampler, boundary_groups
@@ -61,7 +62,7 @@ def generate_predictions(model: Any, dataset: Dataset, batch_size: int, collate_
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     order = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    show = progress and dist.is_main_process()
+    show = progress and dist.is_main_process() and progress_enabled()  # bars only on a terminal
     shard = torch.utils.data.Subset(dataset, order)
     # Whole boundaries per rank (no padding): each sample once, and a boundary's three prompts share a
     # batch (for run.share_prefix) when batch_size is a multiple of 3.
@@ -198,11 +199,15 @@ def run_evaluation(cfg: Any, ckpt: Optional[str] = None, split: str = "val", rep
     model = build_model(cfg.model, device=_device_for(cfg))  # loads model.checkpoint when set
     if hasattr(model, "set_share_prefix"):
         model.set_share_prefix(bool(cfg.run.share_prefix))
+    untrained = not ckpt and not cfg.model.checkpoint
     if ckpt:
-        from llmva_gebc.models.checkpoint import load_trainable
+        from llmva_gebc.models.checkpoint import load_trained
 
-        load_trainable(model, ckpt, allow_partial=bool(cfg.model.allow_partial_load))
+        load_trained(model, ckpt, cfg)
         logger.info("loaded trainable weights from %s", ckpt)
+    elif untrained:
+        logger.warning("UNTRAINED: no ckpt and no model.checkpoint; the adapter is random, and the metrics "
+                       "are marked \"untrained\": true")
     predictions = generate_predictions(model, dataset, int(cfg.run.batch_size_eval), progress=progress,
                                        distributed=True, desc=f"generate {split}")
     metrics = None
@@ -212,6 +217,11 @@ def run_evaluation(cfg: Any, ckpt: Optional[str] = None, split: str = "val", rep
                                 videos_dir=resolve_path(cfg.datasets[name].root, cfg.datasets[name].videos_dir),
                                 report_max_boundaries=int(cfg.run.report_max_boundaries),
                                 spice=str(cfg.run.spice), spice_heap=str(cfg.run.spice_heap))
+        if metrics is not None and untrained:
+            from llmva_gebc.eval.submission import write_json
+
+            metrics["untrained"] = True
+            write_json(metrics, run_dir_of(cfg) / f"metrics_{split}.json")
     dist.barrier()
     return metrics
 

@@ -33,17 +33,21 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from llmva_gebc import dist
-from llmva_gebc.config import check_resolved, save_config
+from llmva_gebc.cli import progress_enabled
+from llmva_gebc.config import ConfigError, check_resolved, config_diff, save_config
 from llmva_gebc.data.collate import collate_for, to_device
 from llmva_gebc.engine import checkpointing as ckpt
 from llmva_gebc.fileio import check_writable_dir, remove_stale_temporaries, write_error
 from llmva_gebc.engine.optim import build_optimizer, build_scheduler, schedule_kwargs
+from llmva_gebc.errors import RunDirError, one_line
+from llmva_gebc.models.checkpoint import CheckpointMismatchError
 from llmva_gebc.registry import DATASETS, RUNNERS
 
 log = logging.getLogger("llmva_gebc.train")
+PLAIN_LOG_SECONDS = 30.0  # without a terminal (no progress bar): one training log line at most this often
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -57,15 +61,65 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def set_num_threads(n: Optional[int]) -> int:
+    """``torch.set_num_threads(n)`` when ``n`` (``run.num_threads``) is set; returns the count in effect."""
+    if n is not None:
+        if int(n) < 1:
+            raise ConfigError(f"run.num_threads must be >= 1 (or null for torch's default), got {n}")
+        torch.set_num_threads(int(n))
+    return torch.get_num_threads()
+
+
+def run_dir_for(run: DictConfig, resume_dir: Optional[Path]) -> Path:
+    """The run directory: the resumed checkpoint's parent, else ``<run.output_dir>/<run.run_name>``.
+
+    A new run into an existing non-empty directory raises :class:`RunDirError` unless
+    ``run.overwrite`` (which the caller then honours by emptying it).
+    """
+    if resume_dir is not None:
+        d = Path(resume_dir).parent
+        named = Path(run.output_dir) / run.run_name
+        if d.resolve() != named.resolve():
+            log.info("resuming in %s (not run.output_dir/run.run_name = %s)", d, named)
+        return d
+    if not str(run.run_name).strip() or str(run.run_name).strip() in (".", ".."):
+        raise ConfigError(f"run.run_name must name a directory under run.output_dir, got {run.run_name!r}")
+    d = Path(run.output_dir) / run.run_name
+    if d.is_dir() and not run.overwrite:
+        entries = sorted(p.name for p in d.iterdir())
+        if entries:
+            raise RunDirError(
+                f"run directory {d} already holds files ({', '.join(entries[:4])}{', ...' if len(entries) > 4 else ''}): "
+                f"continue that run with --resume {d}, start a new one under another name "
+                f"(--options run.run_name=NAME), or empty it first with --overwrite (run.overwrite=true)")
+    elif d.exists() and not d.is_dir():
+        raise RunDirError(f"run directory {d} exists and is not a directory")
+    return d
+
+
+def empty_dir(d: Path) -> None:
+    """Delete everything inside ``d`` (``run.overwrite``), keeping ``d`` itself."""
+    import shutil
+
+    if not d.is_dir():
+        return
+    for p in d.iterdir():
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    log.info("run.overwrite: emptied %s", d)
+
+
 def resolve_device(name: str, local_rank: int) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("run.device=cuda but CUDA is not available")
+            raise ConfigError("run.device=cuda but CUDA is not available (use run.device=cpu or auto)")
         return torch.device("cuda", local_rank)
     if name != "cpu":
-        raise ValueError(f"run.device must be auto, cpu or cuda, got {name!r}")
+        raise ConfigError(f"run.device must be auto, cpu or cuda, got {name!r}")
     return torch.device("cpu")
 
 
@@ -82,7 +136,7 @@ def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
             log.warning("run.amp=fp16 is not useful on CPU; training in fp32 (set run.amp=bf16 for bf16 autocast)")
             return None
         return torch.float16
-    raise ValueError(f"run.amp must be none, bf16 or fp16, got {amp!r}")
+    raise ConfigError(f"run.amp must be none, bf16 or fp16, got {amp!r}")
 
 
 def env_info() -> Dict[str, Any]:
@@ -96,6 +150,8 @@ def env_info() -> Dict[str, Any]:
         except md.PackageNotFoundError:
             info[pkg] = None
     info["cuda"] = torch.version.cuda
+    info["torch_num_threads"] = torch.get_num_threads()
+    info["omp_num_threads_env"] = os.environ.get("OMP_NUM_THREADS")
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
@@ -124,7 +180,7 @@ def build_split(cfg: DictConfig, split: str, training: bool, required: bool):
         anns = ds_cfg.annotations
         if anns and split not in anns:
             if required:
-                raise ValueError(f"datasets.{name}.annotations has no '{split}' split (run.train_splits)")
+                raise ConfigError(f"datasets.{name}.annotations has no '{split}' split (run.train_splits)")
             continue
         extra = {"name": name, "expected_hidden": cfg.model.adapter.hidden_size,
                  "expected_queries": cfg.model.encoder.num_query_tokens,
@@ -212,30 +268,41 @@ class Runner:
         self.device = resolve_device(run.device, self.local_rank)
         self.amp_dtype = resolve_amp(run.amp, self.device)
         if run.nan_policy not in ("stop", "skip"):
-            raise ValueError(f"run.nan_policy must be stop or skip, got {run.nan_policy!r}")
+            raise ConfigError(f"run.nan_policy must be stop or skip, got {run.nan_policy!r}")
         from llmva_gebc.eval.metrics import check_heap, spice_mode
 
         try:
             spice_mode(run.spice)
         except ValueError as e:
-            raise ValueError(f"run.{e}") from None
+            raise ConfigError(f"run.{e}") from None
         check_heap(run.spice_heap)
         if run.accum_grad_iters < 1:
-            raise ValueError(f"run.accum_grad_iters must be >= 1, got {run.accum_grad_iters}")
-        self.run_dir = Path(run.output_dir) / run.run_name
+            raise ConfigError(f"run.accum_grad_iters must be >= 1, got {run.accum_grad_iters}")
+        self.num_threads = set_num_threads(run.num_threads)
         self.main = dist.is_main_process()
+        # --resume DIR continues in DIR's run directory; a new run never reuses a non-empty one by accident.
+        self.resume_dir = ckpt.find_resume_dir(run.resume)
+        self.run_dir = run_dir_for(run, self.resume_dir)
+        saved_cfg = self.run_dir / "config.yaml"
+        self._saved_cfg = OmegaConf.load(saved_cfg) if self.resume_dir is not None and saved_cfg.is_file() else None
+        dist.barrier()  # every rank has looked at the directory before rank 0 writes into it
         if self.main:
+            if self.resume_dir is None and run.overwrite:
+                empty_dir(self.run_dir)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
             check_writable_dir(self.run_dir, "run directory")  # before any work, not at the first save
             remove_stale_temporaries(self.run_dir)  # of saves interrupted by a kill
             save_config(self.cfg, self.run_dir / "config.yaml")
             (self.run_dir / "env.json").write_text(json.dumps(env_info(), indent=1) + "\n")
+            log.info("torch threads: %d%s", self.num_threads, "" if run.num_threads else
+                     " (torch's default; on a CPU shared with other work, run.num_threads=1 can be much faster)")
         dist.barrier()
         self.tb = None
         if run.tensorboard and self.main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
-                raise RuntimeError("run.tensorboard=true needs the tensorboard package: "
+                raise ConfigError("run.tensorboard=true needs the tensorboard package: "
                                    "pip install 'llmva-gebc[tensorboard]' (or set run.tensorboard=false)") from e
             self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
 
@@ -250,14 +317,15 @@ class Runner:
             if p.dtype != torch.float32:
                 raise TypeError(f"trainable parameter {name} is {p.dtype}; trainable weights must stay fp32")
         self.resume_state: Optional[Dict[str, Any]] = None
-        resume_dir = ckpt.find_resume_dir(run.resume)
-        if resume_dir is not None:
-            weights, self.resume_state, d = ckpt.load_checkpoint(resume_dir)
+        if self.resume_dir is not None:
+            weights, self.resume_state, d = ckpt.load_checkpoint(self.resume_dir)
             try:
                 model.load_trainable_state_dict(weights, strict=True)
             except (KeyError, ValueError) as e:
-                raise ValueError(f"run.resume: {d / ckpt.MODEL_FILE} does not fit this model (another config?): "
-                                 f"{e}") from e
+                diff = config_diff(self._saved_cfg, self.cfg) if self._saved_cfg is not None else []
+                raise CheckpointMismatchError(
+                    f"run.resume: {d / ckpt.MODEL_FILE} does not fit this model"
+                    + (f" (its run's config differs: {'; '.join(diff)})" if diff else f" (another config?): {one_line(e)}")) from e
             log.info("resuming from %s (epoch %d, global step %d)", d, self.resume_state["epoch"],
                      self.resume_state["global_step"])
         seed_everything(run.seed + self.rank)
@@ -538,6 +606,10 @@ class Runner:
                                "lr": lr, "samples_per_s": sps})
                     if bar is not None:
                         bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", sps=f"{sps:.1f}")
+                    elif self.main and now - self._last_line >= PLAIN_LOG_SECONDS:  # no terminal: a line now and then
+                        self._last_line = now
+                        log.info("step %d/%d (epoch %d): loss %.4f, lr %.2e, %.1f samples/s", self.global_step,
+                                 self.total_steps, self.epoch, mean_loss, lr, sps)
                 if bar is not None:
                     bar.update(1)
             stepped, window_losses, window_ok = window_ok, [], True
@@ -661,10 +733,12 @@ class Runner:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self.total_steps, initial=self.global_step, desc="train", dynamic_ncols=True,
-                       disable=None)
-            log.info("run dir %s: %d processes, %d batches/epoch, %d steps/epoch, %d steps total",
-                     self.run_dir, self.world, self.batches_per_epoch, self.steps_per_epoch, self.total_steps)
+                       disable=not progress_enabled())
+            log.info("run dir %s: %d processes, %d batches/epoch, %d steps/epoch, %d steps total, %d torch threads",
+                     self.run_dir, self.world, self.batches_per_epoch, self.steps_per_epoch, self.total_steps,
+                     self.num_threads)
         t0 = time.perf_counter()
+        self._last_line = t0 - PLAIN_LOG_SECONDS
         step0 = self.global_step
         done = run.max_steps is not None and self.global_step >= run.max_steps
         while self.pending is not None or (not done and self.epoch < run.max_epoch):
@@ -767,4 +841,4 @@ def train(cfg: DictConfig, **inject: Any) -> Path:
     return runner.train()
 
 
-__all__ = ["Runner", "train", "NonFiniteLossError", "agg_metric", "env_info", "resolve_amp", "seed_everything"]
+__all__ = ["Runner", "train", "run_dir_for", "empty_dir", "set_num_threads", "NonFiniteLossError", "agg_metric", "env_info", "resolve_amp", "seed_everything"]

@@ -20,7 +20,7 @@ Differences from calling pycocoevalcap naively, none of which changes a number f
   being sent to the jar; a NaN from the jar counts as 0 (logged).
 * SPICE needs the Stanford CoreNLP 3.6.0 jars, which pycocoevalcap downloads on first use. When they
   are absent, ``SPICE`` is null, ``score`` is null, and ``score_without_spice`` (mean of mean-CIDEr and
-  mean-ROUGE-L) is reported, with a one-line warning saying how to install them.
+  mean-ROUGE-L) is reported, with a one-line warning (once per process) saying how to install them.
 * ``spice="auto"`` (default) also treats a SPICE run that fails (jars present but broken, e.g. an
   interrupted download; no ``java``; out of memory) as unavailable: one warning with the cause, SPICE
   null, ``score_without_spice`` reported, and SPICE is not tried again in this process.
@@ -30,6 +30,8 @@ Differences from calling pycocoevalcap naively, none of which changes a number f
   boundary it is 0 by definition, and over a handful it says little. Below
   :data:`MIN_CIDER_BOUNDARIES` boundaries a warning names the size and ``cider_reliable`` is false (the
   trainer then selects the best checkpoint by validation loss).
+* The Java tokenizer's own messages on stderr are captured: logged at DEBUG level (``--debug``), or
+  at ERROR level when it fails.
 
 Result layout::
 
@@ -53,7 +55,9 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from llmva_gebc.data.gebc import TYPES  # the caption types, in order
+from llmva_gebc.cli import captured_stderr
+from llmva_gebc.data import TYPES  # the caption types, in order
+from llmva_gebc.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +81,10 @@ _SPICE_FAILED: Dict[str, str] = {}  # lib dir -> cause, for spice="auto": warn a
 _LINE_BREAKS = re.compile("[\r\n\u000b\u000c\u0085\u2028\u2029]")
 
 
-class MetricsError(ValueError):
+_warned = {"spice": False}
+
+
+class MetricsError(UserError):
     """Predictions and references that cannot be scored together."""
 
 
@@ -141,7 +148,8 @@ def ptb_tokenize(texts: Sequence[str]) -> List[str]:
     todo = {i: [{"caption": _LINE_BREAKS.sub(" ", t)}] for i, t in enumerate(texts) if t.strip()}
     if not todo:
         return out
-    tokenized = PTBTokenizer().tokenize(todo)
+    with captured_stderr("Java PTBTokenizer", logger):  # "PTBTokenizer tokenized ...", "Untokenizable ..."
+        tokenized = PTBTokenizer().tokenize(todo)
     if len(tokenized) != len(todo):  # a line break we did not foresee: refuse rather than misalign
         raise MetricsError(f"PTB tokenizer returned {len(tokenized)} lines for {len(todo)} captions")
     for i, toks in tokenized.items():
@@ -341,7 +349,9 @@ def score_captions(predictions: Mapping[str, Mapping[str, str]], references: Map
         if lib_dir is None:
             if mode == "required":
                 raise MetricsError(f"SPICE requested (spice: required) but its jars are missing: {SPICE_INSTALL_HINT}")
-            logger.warning("SPICE unavailable (score=null, see score_without_spice): %s", SPICE_INSTALL_HINT)
+            if not _warned["spice"]:  # once per process, not at every validation
+                _warned["spice"] = True
+                logger.warning("SPICE unavailable (score=null, see score_without_spice): %s", SPICE_INSTALL_HINT)
         elif mode == "auto" and str(lib_dir) in _SPICE_FAILED:
             logger.debug("SPICE skipped: it failed earlier in this process (%s)", _SPICE_FAILED[str(lib_dir)])
             lib_dir = None

@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
+from llmva_gebc.errors import UserError
 from llmva_gebc.eval.metrics import SUBMISSION_KEYS, TYPES, _few, text_problem
 from llmva_gebc.safe_pickle import load_pickle
 
@@ -28,7 +29,7 @@ KEYS = tuple(SUBMISSION_KEYS[t] for t in TYPES)  # ("Subject", "Status_Before", 
 _WS = re.compile(r"\s+")
 
 
-class SubmissionError(ValueError):
+class SubmissionError(UserError):
     """A submission or prediction list that does not fit the challenge format."""
 
 

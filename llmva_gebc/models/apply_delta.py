@@ -35,6 +35,8 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
+from llmva_gebc.errors import UserError
+
 # Tensors whose first dimension is the vocabulary (may grow by the delta's added tokens).
 VOCAB_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -42,7 +44,7 @@ TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
 CONFIG_FILES = ("config.json", "generation_config.json")
 
 
-class DeltaError(ValueError):
+class DeltaError(UserError):
     """Base and delta do not fit together (names, shapes, tokenizers, files); the message names the tensor."""
 
 

