@@ -223,6 +223,7 @@ def wrap_model(model: nn.Module, strategy: str = "ddp", device: Optional[torch.d
 
     def shard(m: nn.Module) -> None:
         params = owned(m)
+        m.register_forward_hook(_outputs_own_storage)  # before fully_shard's: runs first
         fully_shard(m, mesh=mesh)
         sharded.update(id(p) for p in params)
 
@@ -241,6 +242,30 @@ def wrap_model(model: nn.Module, strategy: str = "ddp", device: Optional[torch.d
     if hasattr(model, "generate"):
         register_fsdp_forward_method(model, "generate")
     return model
+
+
+def _own_storage(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.clone() if x._base is not None and x.requires_grad else x
+    if isinstance(x, (tuple, list)):
+        return type(x)(_own_storage(v) for v in x)
+    return x
+
+
+def _outputs_own_storage(module: nn.Module, args: Any, output: Any) -> Any:
+    """Forward hook on each FSDP2 unit: outputs that are views get their own storage.
+
+    FSDP2 hangs its pre-backward hook (which all-gathers the unit's weights for backward) on the
+    unit's outputs; on a view, an in-place op by the caller would drop that hook and backward would
+    use sharded weights. The adapter's last ``nn.Linear`` on a 3-D input and OPT's decoder layer
+    (``.view`` of the residual sum) return views, hence PyTorch's "returned a view tensor" warning.
+    Nothing in this package changes them in place (``tests/test_train_cli.py`` checks that FSDP and
+    DDP train to the same weights), but a copy removes the hazard for callers that might, and the
+    warning with it. The copy is one (B, L, D) tensor per unit in training only; no-op without grad.
+    """
+    if not torch.is_grad_enabled():
+        return output
+    return _own_storage(output)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -80,6 +80,7 @@ def test_share_prefix_training_groups_boundaries(tiny_cfg_factory, feats_dir, tm
         shared = runner.model(batch)["loss"].item()
         unshared = runner.model(batch, share_prefix=False)["loss"].item()
     assert shared == pytest.approx(unshared, rel=1e-5)
+    cfg.run.overwrite = True  # the runner above set the run directory up: a new run must say so
     run_dir = train(cfg)
     losses = [json.loads(x)["loss"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()
               if json.loads(x)["type"] == "train"]
