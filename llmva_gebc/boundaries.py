@@ -242,10 +242,12 @@ def _dataset_cfg(cfg, name: Optional[str]):
 
 
 # ------------------------------------------------------------------------------------------ CLI
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _main(argv: Sequence[str]) -> int:
+    from llmva_gebc import cli
     from llmva_gebc.api import probe_duration
     from llmva_gebc.config import ConfigError, add_config_args, load_config
     from llmva_gebc.data.video import VideoDecodeError
+    from llmva_gebc.errors import UserError, one_line
     from llmva_gebc.extract import list_videos
 
     p = argparse.ArgumentParser(prog="python -m llmva_gebc.boundaries",
@@ -256,8 +258,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", required=True, help="predictions JSON to write")
     p.add_argument("--dataset", default=None, help="datasets.<name> whose processor to use (default: gebc)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
+    cli.add_debug_arg(p)
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cli.setup_logging(a.debug, level=logging.WARNING)
     try:
         cfg = load_config(a.cfg_path, a.options)
         det = BoundaryDetector(cfg, a.dataset, device=a.device)
@@ -265,8 +268,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for v in list_videos(a.videos, a.list):
             preds[Path(v).stem] = det(v, probe_duration(v))["timestamps"]
     except (VideoDecodeError, ConfigError, FileNotFoundError, KeyError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(one_line(e)) from e  # one line, exit 2 (cli.run)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -274,6 +276,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.replace(tmp, out)
     print(f"boundaries: {sum(map(len, preds.values()))} boundaries in {len(preds)} videos -> {out}")
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; a user error prints one ``error:`` line and returns 2 (see :mod:`llmva_gebc.cli`)."""
+    from llmva_gebc import cli
+
+    return cli.run(_main, argv)
 
 
 if __name__ == "__main__":

@@ -195,10 +195,12 @@ def _extract_main(a: argparse.Namespace) -> int:
     return 1 if rep["failed"] else 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _main(argv: Sequence[str]) -> int:
+    from llmva_gebc import cli
+    from llmva_gebc.errors import UserError, one_line
     from llmva_gebc.models.frame_encoders import FRAME_ENCODERS
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m llmva_gebc.other_feats", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("extract", help="extract (t, d) features per video with a frame encoder")
     e.add_argument("--encoder", required=True, choices=FRAME_ENCODERS.names())
@@ -225,15 +227,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     c.add_argument("--split", default="val", help="with --cfg-path: train | val | test (default val)")
     c.add_argument("--options", "--cfg-options", dest="options", nargs="+", default=[], metavar="KEY=VALUE")
     c.add_argument("--max-lines", type=int, default=20, help="problems printed per entry")
+    cli.add_debug_arg(p)
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cli.setup_logging(a.debug, level=logging.WARNING)
     from llmva_gebc.data.gebc import DataError
 
     try:
         return _extract_main(a) if a.cmd == "extract" else _check_main(a)
     except (DataError, FileNotFoundError, ValueError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise UserError(one_line(err)) from err  # one line, exit 2 (cli.run)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; a user error prints one ``error:`` line and returns 2 (see :mod:`llmva_gebc.cli`)."""
+    from llmva_gebc import cli
+
+    return cli.run(_main, argv)
 
 
 if __name__ == "__main__":

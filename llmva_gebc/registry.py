@@ -37,9 +37,10 @@ def load_builtins() -> None:
 class Registry:
     """A named map from strings to classes or builder functions."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, builtins: bool = False) -> None:
         self.kind = kind
         self._map: Dict[str, Callable] = {}
+        self._builtins = builtins  # filled by BUILTIN_MODULES: import them before a lookup
 
     def register(self, name: str | None = None) -> Callable[[T], T]:
         """Decorator: ``@MODELS.register("llmva_gebc")``; the object's ``__name__`` if no name."""
@@ -54,22 +55,26 @@ class Registry:
         return deco
 
     def get(self, name: str) -> Callable:
-        load_builtins()
+        self._load()
         try:
             return self._map[name]
         except KeyError:
             known = ", ".join(sorted(self._map)) or "(none)"
             raise KeyError(f"unknown {self.kind} '{name}'; registered {self.kind}s: {known}") from None
 
+    def _load(self) -> None:
+        if self._builtins:
+            load_builtins()
+
     def build(self, name: str, *args, **kwargs):
         return self.get(name)(*args, **kwargs)
 
     def names(self) -> list[str]:
-        load_builtins()
+        self._load()
         return sorted(self._map)
 
     def __contains__(self, name: object) -> bool:
-        load_builtins()
+        self._load()
         return name in self._map
 
     def __iter__(self) -> Iterator[str]:
@@ -79,11 +84,12 @@ class Registry:
         return f"Registry({self.kind!r}, {self.names()})"
 
 
-DATASETS = Registry("dataset builder")
-MODELS = Registry("model")
-PROCESSORS = Registry("processor")
-TASKS = Registry("task")
-RUNNERS = Registry("runner")
-LR_SCHEDULERS = Registry("lr scheduler")
+DATASETS = Registry("dataset builder", builtins=True)
+MODELS = Registry("model", builtins=True)
+PROCESSORS = Registry("processor", builtins=True)
+TASKS = Registry("task", builtins=True)
+RUNNERS = Registry("runner", builtins=True)
+LR_SCHEDULERS = Registry("lr scheduler", builtins=True)
 
-__all__ = ["Registry", "BUILTIN_MODULES", "load_builtins", "DATASETS", "MODELS", "PROCESSORS", "TASKS", "RUNNERS", "LR_SCHEDULERS"]
+__all__ = ["Registry", "BUILTIN_MODULES", "load_builtins", "DATASETS", "MODELS", "PROCESSORS", "TASKS", "RUNNERS",
+           "LR_SCHEDULERS"]

@@ -213,6 +213,7 @@ json.dump(out, open(args[args.index("-out") + 1], "w"))
 def test_spice_absent_gives_null_and_one_warning(monkeypatch, caplog, tmp_path):
     monkeypatch.setenv(M.SPICE_LIB_ENV, str(tmp_path))  # no jars there
     monkeypatch.setattr(M, "pycocoevalcap_spice_dir", lambda: tmp_path)
+    monkeypatch.setitem(M._warned, "spice", False)  # the warning comes once per process: as in a fresh one
     refs = {k: v for k, v in list(_refs().items())[:10]}
     with caplog.at_level(logging.WARNING, logger=M.__name__):
         out = score_captions(refs, refs)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import sys
 from pathlib import Path
@@ -127,8 +128,10 @@ def format_table(res: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _main(argv: Sequence[str]) -> int:
+    from llmva_gebc import cli
     from llmva_gebc.data.gebc import DataError, read_json
+    from llmva_gebc.errors import UserError, one_line
 
     p = argparse.ArgumentParser(prog="python -m llmva_gebc.eval.gebd",
                                 description="GEBD precision / recall / F1 at a relative distance, per boundary kind.")
@@ -137,7 +140,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--video-info", required=True, help="video_info.json {video_id: duration in seconds}")
     p.add_argument("--rel-dis", type=float, default=0.05, help="tolerance as a fraction of the duration (0.05)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    cli.add_debug_arg(p)
     a = p.parse_args(argv)
+    cli.setup_logging(a.debug, level=logging.WARNING)
     try:
         preds = read_predictions(a.pred)
         anns = read_json(a.annotations, "annotations")
@@ -150,8 +155,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         info = read_json(a.video_info, "video_info")
         res = score_boundaries(preds, anns, info, a.rel_dis)
     except (ValueError, DataError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(one_line(e)) from e  # one line, exit 2 (cli.run)
     if a.json:
         print(json.dumps(res, indent=1))
     else:
@@ -159,6 +163,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               + (f" ({res['ignored']} predicted videos not in the annotations, ignored)" if res["ignored"] else ""))
         print(format_table(res))
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; a user error prints one ``error:`` line and returns 2 (see :mod:`llmva_gebc.cli`)."""
+    from llmva_gebc import cli
+
+    return cli.run(_main, argv)
 
 
 if __name__ == "__main__":

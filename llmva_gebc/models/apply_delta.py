@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import shutil
 import sys
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -241,7 +242,10 @@ def apply_delta(base_dir: str | os.PathLike, delta_dir: str | os.PathLike, targe
     return weight_map
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
+    from llmva_gebc import cli
+    from llmva_gebc.errors import UserError, one_line
+
     p = argparse.ArgumentParser(prog="python -m llmva_gebc.models.apply_delta",
                                 description="Vicuna = LLaMA + delta, tensor by tensor (FastChat's apply_delta).")
     p.add_argument("--base", required=True, help="LLaMA folder (Hugging Face format)")
@@ -250,14 +254,22 @@ def main(argv=None) -> int:
     p.add_argument("--max-shard-size", default="4GB", help="largest output shard (default 4GB)")
     p.add_argument("--no-check-tokenizer", action="store_true",
                    help="skip the tokenizer check (added tokens vs. embedding rows)")
+    cli.add_debug_arg(p)
     a = p.parse_args(argv)
+    cli.setup_logging(a.debug, level=logging.WARNING)
     try:
         wm = apply_delta(a.base, a.delta, a.target, a.max_shard_size, check_tokenizer=not a.no_check_tokenizer)
     except DeltaError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(one_line(e)) from e  # one line, exit 2 (cli.run)
     print(f"apply_delta: wrote {len(wm)} tensors in {len(set(wm.values()))} file(s) to {a.target}")
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; a user error prints one ``error:`` line and returns 2 (see :mod:`llmva_gebc.cli`)."""
+    from llmva_gebc import cli
+
+    return cli.run(_main, argv)
 
 
 if __name__ == "__main__":
