@@ -244,7 +244,7 @@ def apply_delta(base_dir: str | os.PathLike, delta_dir: str | os.PathLike, targe
 
 def _main(argv) -> int:
     from llmva_gebc import cli
-    from llmva_gebc.errors import UserError, one_line
+    from llmva_gebc.errors import one_line
 
     p = argparse.ArgumentParser(prog="python -m llmva_gebc.models.apply_delta",
                                 description="Vicuna = LLaMA + delta, tensor by tensor (FastChat's apply_delta).")
