@@ -1,7 +1,7 @@
 """Benchmark: automatic event boundaries (GEBD F1@0.05) on the demo's synthetic clips.
 
     python benchmarks/gebd.py [--data build/synthetic_gebc_demo] [--out benchmarks/results.md]
-        [--features qformer,pixels] [--config train_configs/demo.yaml]
+        [--features qformer,pixels,efficientnet_lite0] [--config train_configs/demo.yaml]
 
 The clips are the demo's (``make demo``: 240 synthetic clips, seed 0; written to ``--data`` when it
 holds none), whose true boundaries are known. For each feature kind, the detector
@@ -60,8 +60,9 @@ def section(res, config: str) -> str:
              f"(`model.boundary_detector` defaults): window {s['window']} s, motion_weight {s['motion_weight']}, "
              f"smooth {s['smooth']} s, threshold {s['threshold']}, min_gap {s['min_gap']} s, {s['fps']} frames/s. "
              f"`qformer` = the demo's features (image Q-Former tokens of `{config}`'s frozen seeded random tiny "
-             "encoder); `pixels` = 8×8 colour thumbnails (no model). The defaults were chosen on the val clips; "
-             "test is held out.", "",
+             "encoder); `pixels` = 8×8 colour thumbnails (no model); `efficientnet_lite0` = the ImageNet "
+             "EfficientNet-Lite0 frame encoder (`models/frame_encoders.py`, pooled 1280-d). The defaults were chosen "
+             "on the val clips (with `qformer`); test is held out.", "",
              "| features | split | boundary kind | precision | recall | F1 | TP / pred / GT | s per clip |",
              "|---|---|---|---|---|---|---|---|"]
     for key, r in res.items():
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=str(REPO / "build" / "synthetic_gebc_demo"))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results.md"))
     p.add_argument("--config", default="train_configs/demo.yaml")
-    p.add_argument("--features", default="qformer,pixels")
+    p.add_argument("--features", default="qformer,pixels,efficientnet_lite0")
     a = p.parse_args(argv)
     res = run(Path(a.data), a.config, [k.strip() for k in a.features.split(",") if k.strip()])
     sec = section(res, a.config)

@@ -13,6 +13,8 @@ The detector (settings: ``model.boundary_detector``, see :class:`llmva_gebc.conf
    centre of its slot), processed like the captioning frames;
 2. **features** (``features``): ``qformer`` = the frozen image Q-Former tokens (T, Q, H), flattened;
    ``pixels`` = each frame average-pooled to 8×8 per colour channel (T, 192), a model-free baseline;
+   or the name of a frame encoder (``llmva_gebc.models.frame_encoders``, e.g. ``efficientnet_lite0``,
+   built with ``encoder_args``, e.g. ``{grid: 2}``) on the raw frames in [0, 1];
 3. each feature dimension is centred over time and the whole (T, D) array scaled to unit RMS, so a
    score does not depend on the feature scale;
 4. **change score** at the gap between frames ``t-1`` and ``t``: appearance change
@@ -184,9 +186,13 @@ class BoundaryDetector:
 
         self.cfg = cfg
         self.settings = detector_settings(as_plain(cfg.model.boundary_detector), **settings)
-        if self.settings["features"] not in FEATURE_KINDS:
-            raise ValueError(f"model.boundary_detector.features must be one of {', '.join(FEATURE_KINDS)}, "
-                             f"got {self.settings['features']!r}")
+        kind = self.settings["features"]
+        if kind not in FEATURE_KINDS:
+            from llmva_gebc.models.frame_encoders import FRAME_ENCODERS
+
+            if kind not in FRAME_ENCODERS:
+                raise ValueError(f"model.boundary_detector.features must be one of {', '.join(FEATURE_KINDS)} "
+                                 f"or a frame encoder ({', '.join(FRAME_ENCODERS.names())}), got {kind!r}")
         ds = _dataset_cfg(cfg, dataset)
         self.processor_cfg = ds.vis_processor if ds is not None else None
         self.device = device
@@ -203,10 +209,17 @@ class BoundaryDetector:
 
     @property
     def encoder(self):
+        """The frozen image encoder (``qformer``) or frame encoder (a registry name), built on first use."""
         if self._encoder is None:
-            from llmva_gebc.models.encoder import build_encoder
+            if self.settings["features"] == "qformer":
+                from llmva_gebc.models.encoder import build_encoder
 
-            self._encoder = build_encoder(self.cfg.model.encoder, device=self.device)
+                self._encoder = build_encoder(self.cfg.model.encoder, device=self.device)
+            else:
+                from llmva_gebc.models.frame_encoders import build_frame_encoder
+
+                self._encoder = build_frame_encoder(self.settings["features"], device=self.device,
+                                                    **dict(self.settings.get("encoder_args") or {}))
         return self._encoder
 
     def frame_features(self, video_path: str | os.PathLike, duration: float) -> np.ndarray:
@@ -217,7 +230,12 @@ class BoundaryDetector:
 
         s = self.settings
         T = num_detection_frames(duration, float(s["fps"]), int(s["max_frames"]))
-        frames = self.processor(read_frames(video_path, T))  # (T, 3, S, S)
+        raw = read_frames(video_path, T)  # (T, H, W, 3) uint8
+        if s["features"] not in FEATURE_KINDS:  # a frame encoder: raw RGB in [0, 1], its own resizing
+            x = torch.from_numpy(np.ascontiguousarray(raw)).permute(0, 3, 1, 2).float() / 255.0  # (T, 3, H, W)
+            with torch.no_grad():
+                return self.encoder(x).float().cpu().numpy()  # (T, dim)
+        frames = self.processor(raw)  # (T, 3, S, S)
         if s["features"] == "pixels":
             return pixel_features(frames)
         enc = self.encoder

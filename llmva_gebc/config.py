@@ -138,7 +138,10 @@ class GenerationConfig:
 class BoundaryDetectorConfig:
     """Automatic event boundaries (``--boundaries auto``; ``llmva_gebc/boundaries.py`` documents the method)."""
 
-    features: str = "qformer"  # qformer (frozen image Q-Former tokens) | pixels (8x8 colour thumbnails)
+    # qformer (frozen image Q-Former tokens) | pixels (8x8 colour thumbnails) | a frame encoder's name
+    # (models/frame_encoders.py, e.g. efficientnet_lite0), built with encoder_args (e.g. {grid: 2})
+    features: str = "qformer"
+    encoder_args: Dict[str, Any] = field(default_factory=dict)
     fps: float = 8.0  # frames per second decoded for detection ...
     max_frames: int = 256  # ... at most this many (and at least 4)
     window: float = 0.5  # seconds each side of a frame gap whose mean features are compared

@@ -106,3 +106,31 @@ def test_detector_on_synthetic_clips_with_pixel_features():
     # colour changes are all found; the total is well above what random guesses score
     assert r["Change of Color"]["num_gt"] >= 3 and r["Change of Color"]["recall"] == 1.0, r
     assert r["all"]["f1"] >= 0.6, r["all"]
+
+
+def test_detector_features_from_a_frame_encoder(tmp_path):
+    """``features: efficientnet_lite0`` (the frame-encoder registry) on a synthetic clip; bad names are errors."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from pathlib import Path
+
+    from llmva_gebc.boundaries import BoundaryDetector
+    from llmva_gebc.config import load_config
+    from llmva_gebc.data.synthetic import generate
+
+    repo = Path(__file__).resolve().parents[1]
+    generate(tmp_path, num_videos=3, seed=1)
+    info = json.loads((tmp_path / "annotations" / "video_info.json").read_text())
+    vid = sorted(info)[0]
+    # few, small frames: the test checks the plumbing, benchmarks/gebd.py measures the quality
+    cfg = load_config(repo / "train_configs" / "tiny.yaml", ["model.boundary_detector.features=efficientnet_lite0",
+                                                             "model.boundary_detector.fps=2",
+                                                             "model.boundary_detector.encoder_args={image_size: 64}"])
+    det = BoundaryDetector(cfg)
+    feats = det.frame_features(tmp_path / "videos" / f"{vid}.mp4", info[vid])
+    assert feats.shape == (max(round(info[vid] * 2), 4), 1280) and np.isfinite(feats).all()
+    res = det(tmp_path / "videos" / f"{vid}.mp4", info[vid])
+    assert res["timestamps"] and all(0 < t < info[vid] for t in res["timestamps"])
+    bad = load_config(repo / "train_configs" / "tiny.yaml", ["model.boundary_detector.features=resnet"])
+    with pytest.raises(ValueError, match=r"features must be one of qformer, pixels or a frame encoder \(.*"
+                                         r"efficientnet_lite0.*\), got 'resnet'"):
+        BoundaryDetector(bad)
