@@ -69,6 +69,8 @@ def test_target_is_exactly_base_plus_delta(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "vicuna")
     assert torch.equal(model.state_dict()["model.layers.0.mlp.up_proj.weight"], got["model.layers.0.mlp.up_proj.weight"])
     assert len(AutoTokenizer.from_pretrained(tmp_path / "vicuna")) == delta["lm_head.weight"].shape[0]
+    with pytest.raises(DeltaError, match="already holds"):  # a second run never overwrites weights
+        apply_delta(tmp_path / "llama", tmp_path / "delta", tmp_path / "vicuna")
 
 
 def test_shape_and_name_mismatches_name_the_tensor(tmp_path, capsys):

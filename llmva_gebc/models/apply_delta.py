@@ -206,6 +206,9 @@ def apply_delta(base_dir: str | os.PathLike, delta_dir: str | os.PathLike, targe
     base, delta = TensorStore(base_dir), TensorStore(delta_dir)
     if target.resolve() in (base_dir.resolve(), delta_dir.resolve()):
         raise DeltaError(f"--target {target} must differ from --base and --delta")
+    if target.is_dir() and any(target.glob("*.safetensors")):
+        raise DeltaError(f"--target {target} already holds *.safetensors weights; choose an empty folder "
+                         "(nothing there is overwritten)")
     added = _tokenizer_growth(base_dir, delta_dir) if check_tokenizer else None
     names = plan(base, delta, added)
     max_bytes = parse_size(max_shard_size) if isinstance(max_shard_size, str) else int(max_shard_size)
