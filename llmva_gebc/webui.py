@@ -215,10 +215,12 @@ def launch(app, host: str = "127.0.0.1", port: Optional[int] = None, block: bool
     return app
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from llmva_gebc.api import CaptionError, load
-    from llmva_gebc.config import ConfigError, add_config_args
-    from llmva_gebc.data.gebc import DataError, resolve_path
+def _main(argv: Sequence[str]) -> int:
+    from llmva_gebc import cli
+    from llmva_gebc.api import load
+    from llmva_gebc.config import add_config_args
+    from llmva_gebc.data.gebc import resolve_path
+    from llmva_gebc.errors import UserError
 
     p = argparse.ArgumentParser(prog="python -m llmva_gebc.webui", description="Local web demo (Gradio).")
     add_config_args(p)
@@ -227,24 +229,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: localhost only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: run.device)")
+    cli.add_debug_arg(p)
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cli.setup_logging(a.debug)
     try:
         import gradio  # noqa: F401
     except ImportError:
-        print("error: the web demo needs Gradio: pip install 'llmva-gebc[webui]' (see the README)", file=sys.stderr)
-        return 2
-    try:
-        cap = load(a.cfg_path, ckpt=a.ckpt, options=a.options, device=a.device)
-    except (CaptionError, DataError, ConfigError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError("the web demo needs Gradio: pip install 'llmva-gebc[webui]' (see the README)") from None
+    cap = load(a.cfg_path, ckpt=a.ckpt, options=a.options, device=a.device)  # user errors: one line, exit 2
     folder = a.examples
     if folder is None and cap.dataset_name is not None:
         ds = cap.cfg.datasets[cap.dataset_name]
         folder = resolve_path(ds.root, ds.videos_dir)
     launch(Demo(cap, list_examples(folder)).build(), a.host, a.port, block=True)
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; a user error prints one ``error:`` line and returns 2 (see :mod:`llmva_gebc.cli`)."""
+    from llmva_gebc import cli
+
+    return cli.run(_main, argv)
 
 
 if __name__ == "__main__":

@@ -169,7 +169,8 @@ def test_evaluate_allow_untrained_marks_the_metrics(trained_run, tmp_path):
 
 
 def test_module_clis_user_errors_are_one_line_with_exit_2(tmp_path, capfd):
-    from llmva_gebc import caption, demo, extract
+    from llmva_gebc import caption, demo, extract, webui
+    from llmva_gebc.eval import gebd
     from llmva_gebc.data import synthetic
     from llmva_gebc.models import checkpoint, tiny
 
@@ -181,6 +182,8 @@ def test_module_clis_user_errors_are_one_line_with_exit_2(tmp_path, capfd):
         (tiny.main, ["--setup", "--cfg-path", missing], missing),
         (demo.main, ["--out", str(tmp_path / "d"), "--config", missing], missing),
         (synthetic.main, ["--out", str(tmp_path / "s"), "--num-videos", "1"], "num_videos"),
+        (webui.main, ["--cfg-path", missing], ""),  # the missing config, or Gradio when not installed
+        (gebd.main, ["--pred", str(tmp_path / "p.json"), "--annotations", "a", "--video-info", "v"], "p.json"),
     ]
     capfd.readouterr()
     for fn, argv, needle in cases:
