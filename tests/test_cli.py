@@ -53,13 +53,17 @@ def _steps(run_dir: Path):
 
 # ----------------------------------------------------------------------------------- run directories
 def test_second_run_into_the_same_directory_is_refused_and_overwrite_empties_it(tiny_cfg_factory, feats_dir,  # noqa: F811
-                                                                               tmp_path):
+                                                                               tmp_path, caplog):
     from llmva_gebc.engine.trainer import train
     from llmva_gebc.errors import RunDirError
 
     opts = tiny_options(feats_dir, tmp_path, "run.valid_splits=[]", "run.test_splits=[]", "run.max_steps=2")
-    run_dir = train(tiny_cfg_factory("opt", *opts))
+    with caplog.at_level(logging.INFO, logger="llmva_gebc.train"):
+        run_dir = train(tiny_cfg_factory("opt", *opts))
     assert _steps(run_dir) == [1, 2]
+    # no terminal here: no progress bar, a plain log line instead (the first logged step, then every 30 s)
+    assert any(r.getMessage().startswith("step 1/2 (epoch 0): loss ") for r in caplog.records)
+    assert any("torch threads: 1" in r.getMessage() for r in caplog.records)
     before = (run_dir / "metrics.jsonl").read_text()
     with pytest.raises(RunDirError) as e:
         train(tiny_cfg_factory("opt", *opts))

@@ -730,10 +730,10 @@ class Runner:
         run = self.run
         bar = None
         if self.main:
-            from tqdm.auto import tqdm
+            if progress_enabled():  # a bar on a terminal; otherwise plain log lines (_train_epoch)
+                from tqdm.auto import tqdm
 
-            bar = tqdm(total=self.total_steps, initial=self.global_step, desc="train", dynamic_ncols=True,
-                       disable=not progress_enabled())
+                bar = tqdm(total=self.total_steps, initial=self.global_step, desc="train", dynamic_ncols=True)
             log.info("run dir %s: %d processes, %d batches/epoch, %d steps/epoch, %d steps total, %d torch threads",
                      self.run_dir, self.world, self.batches_per_epoch, self.steps_per_epoch, self.total_steps,
                      self.num_threads)
