@@ -186,9 +186,11 @@ def write_outputs(run_dir: Path, split: str, predictions: List[dict], boundaries
 def run_evaluation(cfg: Any, ckpt: Optional[str] = None, split: str = "val", report: Optional[bool] = None,
                    progress: bool = True) -> Optional[dict]:
     """Evaluate ``cfg``'s model on ``split``; returns the metrics (rank 0, when references exist)."""
+    from llmva_gebc.engine.trainer import set_num_threads
     from llmva_gebc.models import build_model
 
     dist.init_distributed(cfg.run.distributed.backend, cfg.run.distributed.timeout_s)
+    logger.info("torch threads: %d (run.num_threads)", set_num_threads(cfg.run.num_threads))
     torch.manual_seed(int(cfg.run.seed))
     out_dir = run_dir_of(cfg)
     if dist.is_main_process():  # before any generation: fail in seconds, not after the whole split
