@@ -684,7 +684,8 @@ class Runner:
         key = self.run.best_metric
         if not val:
             return None
-        too_few = "agg_metrics" in val and key != "val_loss" and not val.get("cider_reliable", True)
+        uses_cider = key in ("agg_metrics", "CIDEr", "score", "score_without_spice")
+        too_few = "agg_metrics" in val and uses_cider and not val.get("cider_reliable", True)
         if too_few and self.main and not getattr(self, "_warned_few", False):
             self._warned_few = True
             log.warning("run.best_metric=%s: validation scores only %s boundaries, too few for CIDEr to mean "
