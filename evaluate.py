@@ -47,10 +47,6 @@ def score_main(args: argparse.Namespace) -> int:
 def model_main(args: argparse.Namespace) -> int:
     from llmva_gebc.config import ConfigError, check_inputs, load_config
 
-    from llmva_gebc.eval.metrics import MetricsError
-    from llmva_gebc.fileio import OutputWriteError
-    from llmva_gebc.models.checkpoint import CheckpointMismatchError, CheckpointReadError
-
     cfg = load_config(args.cfg_path, args.options)
     if not args.ckpt and not cfg.model.checkpoint and not args.allow_untrained:
         raise ConfigError("no trained weights: give --ckpt RUN_DIR/checkpoint_best (or set model.checkpoint); "
@@ -68,12 +64,7 @@ def model_main(args: argparse.Namespace) -> int:
                                  progress=not args.no_progress and cli.progress_enabled())
         if metrics is not None:
             print(json.dumps(metrics, indent=1))
-    except (MetricsError, OutputWriteError, CheckpointReadError, CheckpointMismatchError) as e:
-        # scoring failed (what was written is kept and named), a full/read-only disk, an unreadable
-        # or mismatched checkpoint: one line, not a traceback
-        print(f"error: {e}".replace("\n", " "), file=sys.stderr)
-        return 2
-    finally:
+    finally:  # a failed scoring (MetricsError naming what was kept), a full disk: one line via cli.run
         dist.destroy()
     return 0
 

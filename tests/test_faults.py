@@ -84,6 +84,27 @@ def test_resume_with_larger_batch_trains_every_sample_of_the_epoch_once(tmp_path
     assert [x["step"] for x in _records(r.run_dir, "train")] == list(range(1, 12))
 
 
+def test_mid_epoch_resume_that_a_mixture_sampler_cannot_remap_is_refused(tmp_path, monkeypatch):
+    from llmva_gebc.data.samplers import MixedDataset
+    from llmva_gebc.errors import UserError
+
+    def data():
+        return {"train": MixedDataset([ToyDataset(40), ToyDataset(24, seed=2)], ["a", "b"], [1.0, 1.0]),
+                "val": None, "test": None}
+
+    common = dict(max_epoch=1, save_every_steps=5, evaluate_each_epoch=False)
+    _die_after_step(monkeypatch, 5)
+    with pytest.raises(_Interrupt):
+        _run(toy_config(tmp_path, batch_size_train=4, **common), datasets=data())
+    monkeypatch.undo()
+    last = tmp_path / "out" / "toy" / "checkpoint_last"
+    with pytest.raises(UserError, match=r"written mid-epoch \(epoch 0, after 20 samples\) with batch size 4 x 1 "
+                                        r"processes; .*MixtureBatchSampler.*Resume with run.batch_size_train=4"):
+        _run(toy_config(tmp_path, batch_size_train=8, resume=str(last), **common), datasets=data())
+    r = _run(toy_config(tmp_path, batch_size_train=4, resume=str(last), **common), datasets=data())
+    assert r.global_step == 16  # 64 samples / 4, continued after step 5
+
+
 def test_resume_restores_epoch_loss_and_drops_a_partial_log_line(tmp_path, monkeypatch, caplog):
     common = dict(max_epoch=2, save_every_steps=5)
     full = _run(toy_config(tmp_path / "a", **common))
@@ -164,7 +185,7 @@ def test_failed_load_leaves_the_model_untouched(tiny_cfg_factory, tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_truncated_checkpoints_name_the_file(tmp_path, monkeypatch):
+def test_truncated_checkpoints_name_the_file(tmp_path, monkeypatch, capsys):
     from llmva_gebc.models.checkpoint import CheckpointReadError, main, read_state_dict
 
     r = _run(toy_config(tmp_path, max_epoch=1, evaluate_each_epoch=False))
@@ -184,9 +205,9 @@ def test_truncated_checkpoints_name_the_file(tmp_path, monkeypatch):
         ckpt.load_checkpoint(last)
     listed = tmp_path / "list.pth"
     torch.save([torch.zeros(2)], listed)
-    with pytest.raises(SystemExit) as e:
-        main(["convert", str(listed), str(tmp_path / "conv")])
-    assert e.value.code == 2
+    capsys.readouterr()
+    assert main(["convert", str(listed), str(tmp_path / "conv")]) == 2
+    assert capsys.readouterr().err == f"error: {listed}: expected a state dict or {{'model': state_dict}}, got list\n"
 
 
 # ------------------------------------------------------------------------------------ full disk, read-only
@@ -374,6 +395,7 @@ def test_evaluate_keeps_outputs_and_prints_one_line_when_scoring_fails(tiny_llm_
 
     data = _tiny_data(tmp_path / "data")
     argv = ["--cfg-path", str(Path(evaluate.__file__).parent / "train_configs" / "tiny.yaml"), "--no-progress",
+            "--allow-untrained",
             "--options", *_tiny_options(tiny_llm_dirs["opt"], data, tmp_path / "out", "ev"), "run.spice=required"]
     assert evaluate.main(argv) == 2
     stderr = capsys.readouterr().err

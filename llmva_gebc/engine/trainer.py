@@ -42,7 +42,7 @@ from llmva_gebc.data.collate import collate_for, to_device
 from llmva_gebc.engine import checkpointing as ckpt
 from llmva_gebc.fileio import check_writable_dir, remove_stale_temporaries, write_error
 from llmva_gebc.engine.optim import build_optimizer, build_scheduler, schedule_kwargs
-from llmva_gebc.errors import RunDirError, one_line
+from llmva_gebc.errors import RunDirError, UserError, one_line
 from llmva_gebc.models.checkpoint import CheckpointMismatchError
 from llmva_gebc.registry import DATASETS, RUNNERS
 
@@ -273,9 +273,9 @@ class Runner:
 
         try:
             spice_mode(run.spice)
+            check_heap(run.spice_heap)
         except ValueError as e:
-            raise ConfigError(f"run.{e}") from None
-        check_heap(run.spice_heap)
+            raise ConfigError(str(e) if str(e).startswith("run.") else f"run.{e}") from None
         if run.accum_grad_iters < 1:
             raise ConfigError(f"run.accum_grad_iters must be >= 1, got {run.accum_grad_iters}")
         self.num_threads = set_num_threads(run.num_threads)
@@ -438,7 +438,7 @@ class Runner:
         if new_batch != old_batch and not getattr(self.sampler, "exact_batch_remap", True):
             fixed.append(f"run.batch_size_train={old_batch}")
         if self.samples_in_epoch and fixed:
-            raise ValueError(
+            raise UserError(
                 f"run.resume: the checkpoint was written mid-epoch (epoch {self.epoch}, after {self.samples_in_epoch} "
                 f"samples) with batch size {old_batch} x {old_world} processes; with "
                 f"{type(self.sampler).__name__} (run.share_prefix or datasets.*.sample_ratio) the rest of that epoch "
@@ -809,7 +809,7 @@ def _first_boundaries(ds, k: Optional[int]):
     from llmva_gebc.data.samplers import boundary_groups
 
     if k < 1:
-        raise ValueError(f"run.max_eval_boundaries must be >= 1 (or null for all), got {k}")
+        raise ConfigError(f"run.max_eval_boundaries must be >= 1 (or null for all), got {k}")
     groups = boundary_groups(ds)
     if k >= len(groups):
         return ds
