@@ -31,7 +31,7 @@ log = logging.getLogger("llmva_gebc.demo")
 
 # The demo's other features: ImageNet EfficientNet-Lite0 on FRAME_FPS frames per second of the 64-px clips,
 # upscaled to FRAME_SIZE px, pooled to a FRAME_GRID x FRAME_GRID grid (train_configs/demo.yaml's dim).
-FRAME_FPS, FRAME_SIZE, FRAME_GRID = 4.0, 96, 1
+FRAME_FPS, FRAME_SIZE, FRAME_GRID = 4.0, 96, 2
 
 
 
