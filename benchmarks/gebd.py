@@ -77,7 +77,8 @@ def section(res, config: str) -> str:
             lines.append(f"| {kind} | {split} | {name} | {m['precision']:.3f} | {m['recall']:.3f} | {f1} | "
                          f"{m['tp']} / {m['num_pred']} / {m['num_gt']} | {per} |")
     lines += ["", "Change of Action (a start, stop or turn of a moving object) is the hard kind: appearance keeps "
-              "changing during motion, so only the feature-speed term sees it.", ""]
+              "changing during motion, so only the feature-speed term sees it. \"s per clip\" is wall time on the shared "
+              "2-core CPU while other jobs ran (one torch thread), not a speed measurement.", ""]
     return "\n".join(lines)
 
 
