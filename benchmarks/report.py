@@ -142,6 +142,25 @@ def decoder_pairs(res: Dict[str, Any]) -> List[Dict[str, Any]]:
     return out
 
 
+def decoder_goals(dec: List[Dict[str, Any]]) -> List[str]:
+    """The issue-11 speed goals, checked on the base-size rows (the goals are stated there)."""
+    out = []
+    for d in dec:
+        if d["size"] != "base":
+            continue
+        tag = f"base, {d['workload']}, {d['beams']} beam(s)"
+        if d["workload"] == "forced":
+            out.append(f"{tag}: unshared own ≥ hf: ×{d['ratio']:.2f} — {'met' if d['ratio'] >= 1 else 'NOT met'}")
+            if d["beams"] >= 2 and "shared_x" in d:
+                pct = d["shared_x"] / d["predicted"]
+                out.append(f"{tag}: shared speed-up ≥ 85 % of the FLOP prediction: ×{d['shared_x']:.2f} of "
+                           f"×{d['predicted']:.2f} = {100 * pct:.0f} % — {'met' if pct >= 0.85 else 'NOT met'}")
+        else:
+            out.append(f"{tag}: own ≥ 2 × hf captions/s: ×{d['ratio']:.2f} — {'met' if d['ratio'] >= 2 else 'NOT met'}")
+    return (["**Decoder speed goals** (issue 11; see `benchmarks/decoder_profile.md` for where a decode step's "
+             "time goes)", ""] + [f"* {o}" for o in out] + [""]) if out else []
+
+
 def section(res: Dict[str, Any]) -> str:
     info = res["info"]
     gpu = info["device"].startswith("cuda")
@@ -208,6 +227,7 @@ def section(res: Dict[str, Any]) -> str:
                           ("predicted ×", "predicted"), ("% of predicted", "pct_pred"),
                           ("tokens/caption", "tokens"),
                           ("own: same captions shared", lambda r: {True: "yes", False: "NO"}.get(r.get("same")))]), ""]
+        L += decoder_goals(dec)
     paths = _paths(res["train"])
     if paths:
         L += ["### Two training paths: cached features vs raw video", "",

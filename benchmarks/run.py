@@ -593,6 +593,8 @@ def run(args) -> Dict[str, Any]:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch.cuda.is_available() is False on this machine")
     plan = Plan(args.quick, device)
+    if args.only_gen:
+        plan.min_reps = 1  # a remeasurement of generation rows: one timed run per row at least
     sizes = ["tiny"] if args.quick else [s.strip() for s in args.sizes.split(",") if s.strip()]
     sizes = [x for s in sizes for x in (workload.FULL if s == "full" else [s])]
     unknown = [s for s in sizes if s not in workload.SIZES]
@@ -642,8 +644,8 @@ def run(args) -> Dict[str, Any]:
             res["train"] += train_rows(ctx, size, B, "fp32", shares, raw_video=True)
         # Generation: the project's decoder vs the earlier path through transformers' generate.
         for prec in plan.gen_precisions():
-            for load in WORKLOADS:
-                for k in plan.beams:
+            for load in args.gen_loads.split(","):
+                for k in [int(x) for x in args.gen_beams.split(",")]:
                     res["gen"] += gen_rows(ctx, size, k, pair, precision=prec, backends=("hf", "own"), load=load)
         if args.only_gen:
             del ctx.sizes[size]
@@ -690,7 +692,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results.md"), help="markdown file to write")
     ap.add_argument("--quick", action="store_true", help="tiny size, batch 1/4, one timed run (smoke test)")
     ap.add_argument("--only-gen", action="store_true",
-                    help="measure generation only; this device's other rows are kept from the last full run")
+                    help="measure generation only (one timed run per row at least); this device's other rows, and "
+                         "the generation rows of sizes not measured, are kept from the last run")
+    ap.add_argument("--gen-beams", default="1,2,4", help="beam counts of the generation rows")
+    ap.add_argument("--gen-loads", default=",".join(WORKLOADS), help="generation workloads: forced,realistic")
     ap.add_argument("--sizes", default="tiny,base,full",
                     help="comma-separated: tiny, base, full (= " + ",".join(workload.FULL) + ") or any of those")
     ap.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda")
@@ -717,7 +722,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         old = json.loads(jpath.read_text()).get(report.section_key(res["info"])) if jpath.is_file() else None
         if old is None:
             raise SystemExit(f"--only-gen: no earlier full run for this device in {jpath}; run without it first")
-        res = dict(old, gen=res["gen"], gen_new_tokens=res["gen_new_tokens"], gen_info=res["info"],
+        gen = [r for r in old["gen"] if r["size"] not in res["sizes"]] + res["gen"]  # other sizes: kept
+        res = dict(old, gen=gen, gen_new_tokens=res["gen_new_tokens"], gen_info=res["info"],
                    sizes=old["sizes"] + [x for x in res["sizes"] if x not in old["sizes"]])
     text = report.write(res, out)
     print(text)
