@@ -302,12 +302,14 @@ def gen_rows(ctx, size: str, beams: int, shares: Sequence[Optional[bool]] = (Non
     for (backend, share), t in zip(combos, timings):
         caps = out[backend, share]
         lens = [len(model.tokenizer(c, add_special_tokens=False).input_ids) for c in caps]
-        new = GEN_NEW_TOKENS if load == "forced" else max(lens) + 1  # FLOPs: decode steps of the longest
+        if model.llm.get_output_embeddings().weight.shape[0] > len(model.tokenizer):  # ids beyond the tokenizer
+            lens = None  # (base: a 50k-vocab LLM with the tiny tokenizer): text lengths say nothing
+        new = GEN_NEW_TOKENS if load == "forced" or not lens else max(lens) + 1  # FLOPs: decode steps of the longest
         f = flops.generate_call(S["shape"], tok, S["adapter_fwd"], beams, new, bool(share), expand_first=backend == "hf")
         cps = B / t.median
         prompt_rows = B * beams if backend == "hf" else B  # prompt rows: once per beam (hf) or per sample (own)
         row = {"size": size, "beams": beams, "precision": precision, "batch": B, "share_prefix": bool(share),
-               "backend": backend, "workload": load, "caption_tokens": sum(lens) / len(lens),
+               "backend": backend, "workload": load, "caption_tokens": sum(lens) / len(lens) if lens else None,
                "captions_per_s": cps, "call_s": t.median, "runs": t.runs,
                "peak_mem_mib": None if t.peak_mem is None else t.peak_mem / MIB,
                "llm_prompt_tokens": (tok.groups * max(tok.prefix_len) + prompt_rows * max(tok.tail_len))
@@ -315,7 +317,7 @@ def gen_rows(ctx, size: str, beams: int, shares: Sequence[Optional[bool]] = (Non
                "predicted_flops_batch": f, "captions": caps}
         _flop_cols(ctx, row, f / B, cps, precision)
         ctx.say(f"gen   {size:4s} {precision} {load:9s} {backend:3s} beams={beams} B={B} share={bool(share)!s:5s} "
-                f"{cps:8.2f} captions/s ({t.runs} runs, {row['caption_tokens']:.1f} tokens/caption)")
+                f"{cps:8.2f} captions/s ({t.runs} runs, {row['caption_tokens'] or 0:.1f} tokens/caption)")
         rows.append(row)
     return rows
 
