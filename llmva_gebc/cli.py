@@ -91,6 +91,8 @@ def setup_logging(debug: bool = False, level: int = logging.INFO, fmt: str = "%(
 def quiet_libraries(debug: bool = False) -> None:
     """transformers: no weight-loading progress bars, warnings and errors only (unless ``debug``)."""
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    if not debug and not progress_enabled():  # other libraries' own tqdm bars (e.g. GGUF de-quantizing)
+        os.environ.setdefault("TQDM_DISABLE", "1")
     if "transformers" not in sys.modules and not debug:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
