@@ -130,17 +130,6 @@ def resolve_boundaries(boundaries: Sequence[BoundarySpec], duration: float, labe
     return out
 
 
-def _pick_dataset(cfg, name: Optional[str]) -> Tuple[Optional[str], Any]:
-    if name is not None:
-        if name not in cfg.datasets:
-            raise KeyError(f"dataset '{name}' is not in the config's datasets ({list(cfg.datasets)})")
-        return name, cfg.datasets[name]
-    for n, d in cfg.datasets.items():  # the GEBC dataset if there is one, else the first
-        if d.builder == "gebc":
-            return n, d
-    return next(iter(cfg.datasets.items()), (None, None))
-
-
 def _device_of(name: Optional[str], cfg) -> torch.device:
     want = str(name or cfg.run.device)
     if want == "auto":
@@ -155,9 +144,11 @@ class Captioner:
     def __init__(self, cfg, model, *, dataset: Optional[str] = None, features_dir: Optional[str] = None,
                  video_info: Optional[str] = None, batch_size: Optional[int] = None,
                  generate_kwargs: Optional[Mapping[str, Any]] = None) -> None:
+        from llmva_gebc.config import pick_dataset
+
         self.cfg = cfg
         self.model = model.eval()
-        self.dataset_name, ds = _pick_dataset(cfg, dataset)
+        self.dataset_name, ds = pick_dataset(cfg, dataset)
         root = ds.root if ds is not None else None
         self.processor_cfg = ds.vis_processor if ds is not None else None
         self.num_frames = int(self.processor_cfg.num_frames) if self.processor_cfg is not None else 12

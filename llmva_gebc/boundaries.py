@@ -193,7 +193,9 @@ class BoundaryDetector:
             if kind not in FRAME_ENCODERS:
                 raise ValueError(f"model.boundary_detector.features must be one of {', '.join(FEATURE_KINDS)} "
                                  f"or a frame encoder ({', '.join(FRAME_ENCODERS.names())}), got {kind!r}")
-        ds = _dataset_cfg(cfg, dataset)
+        from llmva_gebc.config import pick_dataset
+
+        ds = pick_dataset(cfg, dataset)[1]
         self.processor_cfg = ds.vis_processor if ds is not None else None
         self.device = device
         self._encoder = encoder
@@ -246,17 +248,6 @@ class BoundaryDetector:
     def __call__(self, video_path: str | os.PathLike, duration: float) -> Dict[str, Any]:
         """:func:`detect` on the frames of ``video_path`` (``duration`` seconds)."""
         return detect(self.frame_features(video_path, duration), duration, self.settings)
-
-
-def _dataset_cfg(cfg, name: Optional[str]):
-    if name is not None:
-        if name not in cfg.datasets:
-            raise KeyError(f"dataset '{name}' is not in the config's datasets ({list(cfg.datasets)})")
-        return cfg.datasets[name]
-    for d in cfg.datasets.values():
-        if d.builder == "gebc":
-            return d
-    return next(iter(cfg.datasets.values()), None)
 
 
 # ------------------------------------------------------------------------------------------ CLI

@@ -41,18 +41,20 @@ from llmva_gebc.data.gebc import LABELS, TYPES
 HEADERS = {"subject": "subject", "status_before": "status before", "status_after": "status after"}
 
 
-def parse_timestamps(text: str) -> List[float]:
+def parse_timestamps(text: str, what: str = "--boundaries", empty_hint: str = "") -> List[float]:
+    """'2.4, 6.1' (separated by commas, semicolons or spaces) → [2.4, 6.1], in seconds.
+
+    Raises CaptionError naming ``what`` and the bad part, or when no timestamp is given
+    (``empty_hint`` says what to do then). Used by this CLI and the web UI."""
     out = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            out.append(float(part))
-        except ValueError:
-            raise CaptionError(f"--boundaries: {part!r} is not a number of seconds (expected e.g. 2.4,6.1)") from None
+    for part in str(text or "").replace(";", ",").replace(" ", ",").split(","):
+        if part.strip():
+            try:
+                out.append(float(part))
+            except ValueError:
+                raise CaptionError(f"{what}: {part!r} is not a number of seconds (expected e.g. 2.4,6.1)") from None
     if not out:
-        raise CaptionError("--boundaries is empty (expected e.g. 2.4,6.1)")
+        raise CaptionError(f"{what} is empty (expected e.g. 2.4,6.1){empty_hint}")
     return out
 
 

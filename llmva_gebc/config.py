@@ -18,7 +18,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -472,6 +472,20 @@ def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
     tmp.write_text(to_yaml(cfg, resolve=True))
     os.replace(tmp, path)
 
+
+
+def pick_dataset(cfg, name: Optional[str] = None) -> Tuple[Optional[str], Any]:
+    """``(name, datasets.<name>)`` whose processors the extraction / captioning tools use: ``name``
+    when given, else the GEBC dataset (builder ``gebc``) if the config has one, else the first;
+    ``(None, None)`` for a config without datasets. Raises ConfigError for an unknown ``name``."""
+    if name is not None:
+        if name not in cfg.datasets:
+            raise ConfigError(f"dataset '{name}' is not in the config's datasets ({', '.join(cfg.datasets)})")
+        return name, cfg.datasets[name]
+    for n, d in cfg.datasets.items():
+        if d.builder == "gebc":
+            return n, d
+    return next(iter(cfg.datasets.items()), (None, None))
 
 def add_config_args(parser) -> None:
     """The CLI flags every entry point shares: ``--cfg-path`` and ``--options``/``--cfg-options``."""

@@ -33,7 +33,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from llmva_gebc.config import ConfigError
 from llmva_gebc.data.gebc import VIDEO_EXTS, DataError, check_q_tokens, find_video, load_feature_array
 from llmva_gebc.data.video import read_frames
 
@@ -224,17 +223,17 @@ def extract_features(
     return report
 
 
-def _pick_dataset_cfg(cfg, name: Optional[str]):
-    if name is not None:
-        if name not in cfg.datasets:
-            raise ConfigError(f"--dataset '{name}' is not in the config's datasets ({list(cfg.datasets)})")
-        return cfg.datasets[name]
-    return next(iter(cfg.datasets.values()), None)
+def _usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def _main(argv: Sequence[str]) -> int:
     from llmva_gebc import cli
-    from llmva_gebc.config import add_config_args, load_config
+    from llmva_gebc.config import add_config_args, load_config, pick_dataset
     from llmva_gebc.data.processors import build_processor
     from llmva_gebc.models.encoder import build_encoder
 
@@ -244,12 +243,13 @@ def _main(argv: Sequence[str]) -> int:
     p.add_argument("--videos", required=True, help="folder of video files (<video_id>.mp4)")
     p.add_argument("--out", required=True, help="output folder for <video_id>.npy")
     p.add_argument("--list", default=None, help="optional file of video ids or paths, one per line")
-    p.add_argument("--dataset", default=None, help="datasets.<name> whose vis_processor to use (default: the first)")
+    p.add_argument("--dataset", default=None, help="datasets.<name> whose vis_processor to use (default: the gebc one, else the first)")
     p.add_argument("--batch-size", type=int, default=64, help="frames per encoder forward")
     p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"],
                    help="encoder ViT precision (default: model.encoder.precision; fp16 falls back to fp32 on CPU)")
-    p.add_argument("--num-workers", type=int, default=4,
-                   help="DataLoader worker processes decoding videos while the encoder runs (0: none)")
+    p.add_argument("--num-workers", type=int, default=min(4, _usable_cpus()),
+                   help="DataLoader worker processes decoding videos while the encoder runs "
+                        "(0: none; default: 4, or fewer where fewer CPUs are usable)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: run.device)")
     p.add_argument("--save-dtype", default="float32", choices=["float32", "float16"])
     p.add_argument("--overwrite", action="store_true", help="recompute videos whose .npy exists")
@@ -259,7 +259,7 @@ def _main(argv: Sequence[str]) -> int:
     cli.setup_logging(a.debug)
 
     cfg = load_config(a.cfg_path, a.options)
-    ds_cfg = _pick_dataset_cfg(cfg, a.dataset)
+    ds_cfg = pick_dataset(cfg, a.dataset)[1]
     proc_cfg = ds_cfg.vis_processor if ds_cfg is not None else None
     processor = build_processor(proc_cfg, training=False)
     num_frames = int(proc_cfg.num_frames) if proc_cfg is not None else 12

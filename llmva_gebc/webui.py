@@ -44,19 +44,10 @@ THUMB_PX = 96
 
 # ------------------------------------------------------------------------------------------ helpers
 def parse_boundaries(text: str) -> List[float]:
-    """'2.4, 6.1' (commas, spaces or semicolons) → [2.4, 6.1]; raises CaptionError naming the bad part."""
-    from llmva_gebc.api import CaptionError
+    """'2.4, 6.1' → [2.4, 6.1] (``caption.parse_timestamps``); raises CaptionError naming the bad part."""
+    from llmva_gebc.caption import parse_timestamps
 
-    out = []
-    for part in str(text or "").replace(";", ",").replace(" ", ",").split(","):
-        if part.strip():
-            try:
-                out.append(float(part))
-            except ValueError:
-                raise CaptionError(f"boundaries: {part!r} is not a number of seconds (expected e.g. 2.4, 6.1)") from None
-    if not out:
-        raise CaptionError("no boundaries: type them (e.g. 2.4, 6.1) or press Detect")
-    return out
+    return parse_timestamps(text, what="boundaries", empty_hint=": type them or press Detect")
 
 
 def thumbnails(video: str | os.PathLike, rows: Sequence[Dict[str, Any]], duration: float
