@@ -219,7 +219,8 @@ def test_tiny_model_end_to_end_one_and_two_processes(tiny_llm_dirs, tmp_path):
 
     t0 = time.perf_counter()
     opts = _tiny_options(tiny_llm_dirs["opt"], data, tmp_path / "out", "two")
-    _torchrun([str(ROOT / "evaluate.py"), "--cfg-path", str(cfg_path), "--no-progress", "--options", *opts])
+    _torchrun([str(ROOT / "evaluate.py"), "--cfg-path", str(cfg_path), "--no-progress", "--allow-untrained",
+               "--options", *opts])
     two_s = time.perf_counter() - t0
     run2 = tmp_path / "out" / "two"
     assert json.loads((run2 / "predictions_val.json").read_text()) == preds1  # same captions, once each
