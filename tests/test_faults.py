@@ -12,7 +12,7 @@ import torch
 from llmva_gebc.engine import checkpointing as ckpt
 from llmva_gebc.engine.trainer import Runner
 from test_trainer_tiny import feats_dir, tiny_options  # noqa: F401  (fixture)
-from train_toy import ToyCaptioner, ToyDataset, toy_config, toy_datasets
+from train_toy import Killed, ToyCaptioner, ToyDataset, die_after_checkpoint, toy_config, toy_datasets
 
 
 def _records(run_dir: Path, kind: str):
@@ -31,10 +31,6 @@ def _run(cfg, model=None, datasets=None) -> Runner:
     return r
 
 
-class _Interrupt(Exception):
-    pass
-
-
 class _Recording(ToyDataset):
     """A toy training set that records which samples were loaded."""
 
@@ -47,25 +43,13 @@ class _Recording(ToyDataset):
         return super().__getitem__(i)
 
 
-def _die_after_step(monkeypatch, step: int) -> None:
-    real_save = ckpt.save_checkpoint
-
-    def save_then_die(target, weights, state):
-        out = real_save(target, weights, state)
-        if state["global_step"] == step:
-            raise _Interrupt()
-        return out
-
-    monkeypatch.setattr(ckpt, "save_checkpoint", save_then_die)
-
-
 def test_resume_with_larger_batch_trains_every_sample_of_the_epoch_once(tmp_path, monkeypatch, caplog):
     # 68 samples: batch 4 -> 17 batches; killed after step 5 (20 samples), resumed with batch 8:
     # the 48 samples left are 6 batches of 8. Counting batches instead would skip 24 samples.
     common = dict(max_epoch=1, save_every_steps=5, evaluate_each_epoch=False)
     first = _Recording(68)
-    _die_after_step(monkeypatch, 5)
-    with pytest.raises(_Interrupt):
+    die_after_checkpoint(monkeypatch, 5)
+    with pytest.raises(Killed):
         _run(toy_config(tmp_path, batch_size_train=4, **common), datasets={"train": first, "val": None, "test": None})
     monkeypatch.undo()
     assert len(first.seen) == 20
@@ -93,8 +77,8 @@ def test_mid_epoch_resume_that_a_mixture_sampler_cannot_remap_is_refused(tmp_pat
                 "val": None, "test": None}
 
     common = dict(max_epoch=1, save_every_steps=5, evaluate_each_epoch=False)
-    _die_after_step(monkeypatch, 5)
-    with pytest.raises(_Interrupt):
+    die_after_checkpoint(monkeypatch, 5)
+    with pytest.raises(Killed):
         _run(toy_config(tmp_path, batch_size_train=4, **common), datasets=data())
     monkeypatch.undo()
     last = tmp_path / "out" / "toy" / "checkpoint_last"
@@ -108,9 +92,9 @@ def test_mid_epoch_resume_that_a_mixture_sampler_cannot_remap_is_refused(tmp_pat
 def test_resume_restores_epoch_loss_and_drops_a_partial_log_line(tmp_path, monkeypatch, caplog):
     common = dict(max_epoch=2, save_every_steps=5)
     full = _run(toy_config(tmp_path / "a", **common))
-    _die_after_step(monkeypatch, 10)  # mid-epoch 1 (16 steps per epoch)
+    die_after_checkpoint(monkeypatch, 10)  # mid-epoch 1 (16 steps per epoch)
     cfg_b = toy_config(tmp_path / "b", **common)
-    with pytest.raises(_Interrupt):
+    with pytest.raises(Killed):
         _run(cfg_b)
     monkeypatch.undo()
     run_b = Path(cfg_b.run.output_dir) / "toy"

@@ -11,9 +11,8 @@ import torch
 from PIL import Image
 
 from llmva_gebc.data.samplers import MixedDataset, MixtureBatchSampler, quotas
-from llmva_gebc.engine import checkpointing as ckpt
 from llmva_gebc.engine.trainer import Runner
-from train_toy import ToyCaptioner, ToyDataset, toy_config
+from train_toy import Killed, ToyCaptioner, ToyDataset, die_after_checkpoint, toy_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,10 +81,6 @@ class _Tagged(ToyDataset):
         return super().__getitem__(i)
 
 
-class _Stop(Exception):
-    pass
-
-
 def _mixed(log):
     return MixedDataset([_Tagged(1000, "webvid", log, 0), _Tagged(2000, "cc3m", log, 3)], ["webvid", "cc3m"],
                         [2.0, 1.0])
@@ -108,19 +103,11 @@ def test_training_run_draws_two_to_one_and_resumes_exactly(tmp_path, monkeypatch
     losses_a = [json.loads(x)["loss"] for x in (full.run_dir / "metrics.jsonl").read_text().splitlines()
                 if json.loads(x)["type"] == "train"]
 
-    real_save = ckpt.save_checkpoint
-
-    def save_then_die(target, weights, state):
-        out = real_save(target, weights, state)
-        if state["global_step"] == 100:
-            raise _Stop()
-        return out
-
-    monkeypatch.setattr(ckpt, "save_checkpoint", save_then_die)
+    die_after_checkpoint(monkeypatch, 100)
     cfg_b = toy_config(tmp_path / "b", **common)
-    with pytest.raises(_Stop):
+    with pytest.raises(Killed):
         _run(cfg_b, [])
-    monkeypatch.setattr(ckpt, "save_checkpoint", real_save)
+    monkeypatch.undo()
     log_c: list = []
     resumed = _run(toy_config(tmp_path / "b", resume=str(Path(cfg_b.run.output_dir) / "toy" / "checkpoint_last"),
                               **common), log_c)

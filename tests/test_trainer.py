@@ -11,7 +11,7 @@ import torch
 from llmva_gebc.engine import checkpointing as ckpt
 from llmva_gebc.engine import trainer as trainer_mod
 from llmva_gebc.engine.trainer import NonFiniteLossError, Runner, train
-from train_toy import ToyCaptioner, toy_config, toy_datasets
+from train_toy import Killed, ToyCaptioner, die_after_checkpoint, toy_config, toy_datasets
 
 
 def _records(run_dir: Path, kind: str):
@@ -78,10 +78,6 @@ def test_grad_accumulation_counts_optimizer_steps(tmp_path):
     assert [x["step"] for x in _records(r.run_dir, "train")] == list(range(1, 7))
 
 
-class _Interrupt(Exception):
-    pass
-
-
 def test_resume_mid_epoch_matches_uninterrupted(tmp_path, monkeypatch):
     common = dict(max_epoch=2, save_every_steps=5, grad_clip=1.0, accum_grad_iters=2)
     full = _run(toy_config(tmp_path / "a", **common))
@@ -89,19 +85,11 @@ def test_resume_mid_epoch_matches_uninterrupted(tmp_path, monkeypatch):
     assert len(full_losses) == 16
 
     # Run B is killed right after its step-10 checkpoint (mid-epoch 1: epoch 0 has 8 steps).
-    real_save = ckpt.save_checkpoint
-
-    def save_then_die(target, weights, state):
-        out = real_save(target, weights, state)
-        if state["global_step"] == 10:
-            raise _Interrupt()
-        return out
-
-    monkeypatch.setattr(ckpt, "save_checkpoint", save_then_die)
+    die_after_checkpoint(monkeypatch, 10)
     cfg_b = toy_config(tmp_path / "b", **common)
-    with pytest.raises(_Interrupt):
+    with pytest.raises(Killed):
         _run(cfg_b)
-    monkeypatch.setattr(ckpt, "save_checkpoint", real_save)
+    monkeypatch.undo()
     _, st, _ = ckpt.load_checkpoint(Path(cfg_b.run.output_dir) / "toy" / "checkpoint_last")
     assert (st["epoch"], st["batch_in_epoch"], st["global_step"]) == (1, 4, 10)
 

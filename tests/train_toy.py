@@ -110,3 +110,23 @@ def toy_config(tmp: Path, **run: Any):
 
 def toy_datasets(n: int = 64, nan_at: Optional[int] = None) -> Dict[str, Any]:
     return {"train": ToyDataset(n, True, nan_at), "val": ToyDataset(16, False, seed=1), "test": None}
+
+
+class Killed(Exception):
+    """Raised right after a checkpoint save: what a kill -9 at that moment leaves, as a test sees it."""
+
+
+def die_after_checkpoint(monkeypatch, step: int) -> None:
+    """Make training stop (raise Killed) right after the checkpoint of ``global_step == step`` is
+    written; ``monkeypatch.undo()`` (or the end of the test) restores the real save."""
+    from llmva_gebc.engine import checkpointing as ckpt
+
+    real_save = ckpt.save_checkpoint
+
+    def save_then_die(target, weights, state):
+        out = real_save(target, weights, state)
+        if state["global_step"] == step:
+            raise Killed()
+        return out
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", save_then_die)
