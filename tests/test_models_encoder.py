@@ -81,21 +81,54 @@ def test_lavis_missing_key_is_reported(tiny_cfg, tmp_path):
         build_encoder(cfg)
 
 
-def test_hf_blip2_directory(tiny_cfg, tmp_path):
+def _save_hf_dir(src, ecfg, tmp_path):
+    import json
+
     from safetensors.torch import save_file
 
-    ecfg = tiny_cfg.model.encoder
-    src = build_encoder(ecfg)
     sd = {f"vision_model.{k}": v for k, v in src.vision.state_dict().items()}
     sd.update({f"qformer.{k}": v for k, v in src.qformer.state_dict().items()})
     sd["query_tokens"] = src.query_tokens.detach().clone()
     sd["language_projection.weight"] = torch.zeros(4, 32)  # not ours: ignored
     save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "model.safetensors"))
-    import json
-
     (tmp_path / "config.json").write_text(json.dumps({
         "vision_config": src.vision.config.to_dict(), "qformer_config": src.qformer.config.to_dict(),
         "num_query_tokens": ecfg.num_query_tokens}))
+
+
+def test_checkpoint_goes_straight_into_the_final_dtypes(tiny_cfg, tmp_path, monkeypatch):
+    """precision bf16: the ViT trunk is allocated in bf16 (never an fp32 copy first), ln_vision, the
+    Q-Former and the query tokens in fp32; the values equal an fp32 load converted afterwards."""
+    from llmva_gebc.models.encoder import FrozenImageEncoder
+
+    ecfg = tiny_cfg.model.encoder
+    src = build_encoder(ecfg)
+    _save_hf_dir(src, ecfg, tmp_path)
+    allocated, real = {}, FrozenImageEncoder.to_empty
+
+    def spy(self, *a, **kw):
+        allocated.update({k: v.dtype for k, v in self.state_dict().items()})
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(FrozenImageEncoder, "to_empty", spy)
+    dst = build_encoder(OmegaConf.merge(ecfg, {"weights": "hf", "hf_dir": str(tmp_path), "precision": "bf16"}))
+    src.set_precision(torch.bfloat16)  # the earlier path: fp32 first, converted after the load
+    want = src.state_dict()
+    got = dst.state_dict()
+    assert allocated["vision.encoder.layers.0.mlp.fc1.weight"] == torch.bfloat16
+    assert allocated["vision.embeddings.patch_embedding.weight"] == torch.bfloat16
+    assert allocated["vision.post_layernorm.weight"] == torch.float32
+    assert {allocated[k] for k in allocated if k.startswith("qformer.") and got[k].is_floating_point()} == {torch.float32}
+    assert allocated["query_tokens"] == torch.float32
+    assert got.keys() == want.keys()
+    for k, v in want.items():
+        assert got[k].dtype == v.dtype and torch.equal(got[k], v), k
+
+
+def test_hf_blip2_directory(tiny_cfg, tmp_path):
+    ecfg = tiny_cfg.model.encoder
+    src = build_encoder(ecfg)
+    _save_hf_dir(src, ecfg, tmp_path)
     dst = build_encoder(OmegaConf.merge(ecfg, {"weights": "hf", "hf_dir": str(tmp_path), "seed": 5}))
     x = _frames(1)
     torch.testing.assert_close(dst(x), src(x), rtol=0, atol=0)

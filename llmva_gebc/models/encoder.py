@@ -161,7 +161,17 @@ def hf_blip2_configs(hf_dir: str):
 
 
 def build_encoder(cfg, device: Optional[torch.device | str] = None) -> FrozenImageEncoder:
-    """Build the frozen image path from ``model.encoder`` config (weights: none | lavis | hf)."""
+    """Build the frozen image path from ``model.encoder`` config (weights: none | lavis | hf).
+
+    ``device``: where the parameters live (default CPU). The ViT trunk is in ``model.encoder.precision``
+    (fp16 on CPU means fp32, see :func:`resolve_dtype`); ``ln_vision`` and the Q-Former are fp32. With
+    weights from a checkpoint nothing is randomly initialised and each tensor is allocated once, on
+    ``device``, in its final dtype.
+
+    Raises ``ValueError`` for a bad ``weights``/``precision`` or a missing path key,
+    ``FileNotFoundError`` for a missing checkpoint file, ``KeyError`` when a checkpoint does not fit
+    (missing or unexpected keys, listed).
+    """
     if cfg.weights == "hf":
         if not cfg.hf_dir:
             raise ValueError("model.encoder.weights=hf needs model.encoder.hf_dir")
@@ -174,27 +184,32 @@ def build_encoder(cfg, device: Optional[torch.device | str] = None) -> FrozenIma
         raise ValueError(f"model.encoder.weights must be one of none, lavis, hf; got {cfg.weights!r}")
     if cfg.weights == "lavis" and not (cfg.eva_vit_path and cfg.qformer_path):
         raise ValueError("model.encoder.weights=lavis needs model.encoder.eva_vit_path and model.encoder.qformer_path")
+    device = torch.device(device if device is not None else "cpu")
+    dtype = resolve_dtype(cfg.precision, device, what="model.encoder.precision")
     if cfg.weights == "none":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)  # random weights are a function of the config alone
             enc = FrozenImageEncoder(vcfg, qcfg, nq)
-        if device is not None:
-            enc.to(device)
+        enc.to(device)
+        enc.set_precision(dtype)
+        return enc
+    # Weights from a checkpoint: build the structure on the meta device (no random initialisation that
+    # the load would overwrite: ~1.1 G parameters at full size, ~20 s on a quiet CPU core, ~70 s on a
+    # busy one), give each part its final dtype while it is still meta (ViT trunk in ``precision``,
+    # ``ln_vision`` and the Q-Former fp32), allocate it uninitialised on the target device, then copy
+    # every tensor in: an fp16 checkpoint goes straight into fp16 parameters on a GPU, with no fp32
+    # copy anywhere. The strict load (every key present, none unexpected) guarantees that nothing is
+    # left uninitialised.
+    with torch.device("meta"):
+        enc = FrozenImageEncoder(vcfg, qcfg, nq)
+    enc.set_precision(dtype)
+    enc.to_empty(device=device)
+    if cfg.weights == "lavis":
+        load_lavis_weights(enc, cfg.eva_vit_path, cfg.qformer_path)
     else:
-        # Weights from a checkpoint: build the structure on the meta device (no random initialisation
-        # that the load would overwrite: ~1.1 G parameters at full size, ~70 s on a CPU core), allocate
-        # it uninitialised on the target device, then copy every tensor in. The strict load (every key
-        # present, none unexpected) guarantees that nothing is left uninitialised.
-        with torch.device("meta"):
-            enc = FrozenImageEncoder(vcfg, qcfg, nq)
-        enc.to_empty(device=device if device is not None else "cpu")
-        if cfg.weights == "lavis":
-            load_lavis_weights(enc, cfg.eva_vit_path, cfg.qformer_path)
-        else:
-            load_hf_blip2_weights(enc, cfg.hf_dir)
-        with torch.no_grad():  # index buffers a checkpoint may leave out (_strict_load allows that)
-            for name, buf in enc.named_buffers():
-                if name.endswith("position_ids"):
-                    buf.copy_(torch.arange(buf.shape[-1], device=buf.device).expand_as(buf))
-    enc.set_precision(resolve_dtype(cfg.precision, enc.device, what="model.encoder.precision"))
+        load_hf_blip2_weights(enc, cfg.hf_dir)
+    with torch.no_grad():  # index buffers a checkpoint may leave out (_strict_load allows that)
+        for name, buf in enc.named_buffers():
+            if name.endswith("position_ids"):
+                buf.copy_(torch.arange(buf.shape[-1], device=buf.device).expand_as(buf))
     return enc
