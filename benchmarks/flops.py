@@ -9,7 +9,7 @@ head on the positions whose logits are computed. ``FORMULAS`` is the text writte
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import List, Sequence
 
 FORMULAS = """\
 Matmul FLOPs only, counted from shapes: an (m×k)·(k×n) product is 2·m·n·k. Not counted: norms,
@@ -28,10 +28,13 @@ attention over all keys, LM head on the positions whose logits are computed).
   with cross-attention (keys from W-wide tokens: `4·N·W·H`) every `cross_attention_frequency` layers.
 * **Training step** = adapter `3×` forward (forward + backward with weight gradients) + frozen LLM
   `2×` forward (forward + activation-gradient backward, no weight gradients) [+ encoder `1×` forward,
-  raw-video path, no gradients]. Unshared: one LLM row per sample, B × L_max tokens, logits on all of
-  them (the Hugging Face loss computes every position's logits). Shared prefix (`cache` mode): G
-  boundary rows × P_max prefix tokens (logits on 1) + B continuation rows × C_max tokens attending to
-  P_max + C_max keys (logits on C_max); the adapter runs G times instead of B.
+  raw-video path, no gradients]. Unshared: one LLM row per sample, B × L_max tokens, logits from the
+  first position that predicts a caption token on (`logits_to_keep`: L_max − min prompt length + 1
+  positions per row). Shared prefix, `packed` mode (the default): G boundary rows, each the prefix
+  followed by its samples' continuations (prompt tail + caption + EOS), padded to R_max tokens, dense
+  attention over R_max keys, logits on R_max − P_min positions; `cache` mode: G prefix rows × P_max
+  tokens (logits on 1) + B continuation rows × C_max tokens over P_max + C_max keys (logits on C_max).
+  Either way the adapter runs G times instead of B.
 * **Generation** (beam width k, N new tokens): adapter forward; prefill of B·k rows × L_max tokens
   (Hugging Face expands the inputs by k before the first forward; logits on the last position only),
   then N−1 decode forwards of B·k rows × 1 token over L_max + t keys. Shared prefix: G rows × P_max
@@ -117,6 +120,17 @@ class Tokens:
     cap_len: Sequence[int]  # B: caption + EOS tokens per sample (training)
     prefix_len: Sequence[int]  # G: shared prefix length per boundary
     tail_len: Sequence[int]  # B: prompt tokens after the shared prefix per sample
+    members: Sequence[Sequence[int]] = ()  # G: the samples of each boundary group (default: one group, or one each)
+
+    @property
+    def group_members(self) -> List[List[int]]:
+        if self.members:
+            return [list(m) for m in self.members]
+        if self.groups == 1:
+            return [list(range(self.batch))]
+        if self.groups == self.batch:
+            return [[i] for i in range(self.batch)]
+        raise ValueError(f"Tokens: {self.groups} groups of {self.batch} samples need ``members``")
 
     @property
     def unshared_tokens(self) -> int:
@@ -127,18 +141,29 @@ class Tokens:
         return self.groups * max(self.prefix_len) + self.batch * max(t + c for t, c in zip(self.tail_len, self.cap_len))
 
 
-def train_step(s: LLMShape, tok: Tokens, adapter_fwd: float, shared: bool, encoder_fwd: float = 0.0) -> float:
-    """FLOPs of one training step (whole batch). ``encoder_fwd``: per-sample encoder FLOPs (raw video)."""
+def train_step(s: LLMShape, tok: Tokens, adapter_fwd: float, shared: bool, encoder_fwd: float = 0.0,
+               mode: str = "packed") -> float:
+    """FLOPs of one training step (whole batch), as :mod:`llmva_gebc.models.shared_prefix` runs it.
+
+    ``encoder_fwd``: per-sample encoder FLOPs (raw video). ``mode``: the shared-prefix training mode,
+    ``"packed"`` (the default) or ``"cache"``; ignored when ``shared`` is False."""
     B, G = tok.batch, tok.groups
     if not shared:
         L = max(p + c for p, c in zip(tok.full_len, tok.cap_len))
-        llm = llm_forward(s, B, L, L, L)
+        llm = llm_forward(s, B, L, L, L - min(tok.full_len) + 1)
         n_vis = B
-    else:
+    elif mode == "packed":
+        R = max(p + sum(tok.tail_len[i] + tok.cap_len[i] for i in m)
+                for p, m in zip(tok.prefix_len, tok.group_members))
+        llm = llm_forward(s, G, R, R, R - min(tok.prefix_len))
+        n_vis = G
+    elif mode == "cache":
         P = max(tok.prefix_len)
         C = max(t + c for t, c in zip(tok.tail_len, tok.cap_len))
         llm = llm_forward(s, G, P, P, 1) + llm_forward(s, B, C, P + C, C)
         n_vis = G
+    else:
+        raise ValueError(f"mode must be 'packed' or 'cache', got {mode!r}")
     return 3 * adapter_fwd * n_vis + 2 * llm + encoder_fwd * n_vis
 
 

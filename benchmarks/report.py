@@ -399,10 +399,10 @@ def _profile_md(p: Dict[str, Any], res: Dict[str, Any]) -> List[str]:
           + (f"Frozen encoder: train mode {'YES' if p.get('encoder_training_mode') else 'no'}, parameters with .grad "
              f"{p.get('encoder_params_with_grad')}. " if 'encoder_params_with_grad' in p else "")
           + f"Gradients held: {p['grad_mib']:.1f} MiB for {p['trainable_params_m']:.2f} M trainable parameters.",
-          f"* **LM head on positions without a target**: the unshared loss computes logits (vocab × hidden) at "
-          f"every position but only caption tokens have targets: {100 * p['lm_head_untargeted_share']:.0f} % of the "
-          "step's FLOPs (forward + activation backward) go to logits nobody uses. The shared-prefix path computes "
-          "logits only on the continuation (prompt tail + caption) positions.",
+          f"* **LM head on positions without a target**: the unshared loss computes logits (vocab × hidden) from "
+          f"the first position that predicts a caption token on (`logits_to_keep`); what still has no target there "
+          f"(padding, the tails of longer prompts) is {100 * p['lm_head_untargeted_share']:.0f} % of the step's FLOPs "
+          "(forward + activation backward). The shared-prefix path computes logits from the shortest prefix on.",
           "* **Time by op** (torch.profiler self time over one step, forward + backward + AdamW):", ""]
     L += [table([{"k": k, "v": f"{100 * v:.1f} %"} for k, v in p["categories"].items()], [("category", "k"), ("share", "v")]), ""]
     L += [table([{"op": o["op"], "share": f"{100 * o['share']:.1f} %", "calls": o["calls"]} for o in p["top_ops"]],
@@ -434,7 +434,8 @@ def _before_after(res: Dict[str, Any], pairs: Sequence[Dict[str, Any]]) -> List[
               "would change the loss.)", ""]
     L += ["* **Fixed after the first benchmark run** (in package code):", ""]
     if prof:
-        L += [f"  * The unshared loss computed logits at every position ({100 * prof['lm_head_untargeted_share']:.0f} % "
+        L += [f"  * The unshared loss computed logits at every position "
+              f"({100 * prof.get('lm_head_untargeted_share_before', prof['lm_head_untargeted_share']):.0f} % "
               "of a step's FLOPs on positions without a target, counted by this benchmark's FLOP model): it now runs "
               "the LM head from the first caption position on only (`LLMVAGEBC.caption_loss`, `logits_to_keep`); "
               "measured at base size, batch 16: x1.25 per step, peak memory 1,584 MB -> 1,141 MB."]

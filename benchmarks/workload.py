@@ -277,4 +277,4 @@ def token_layout(model, batch: Dict[str, Any], with_caption: bool = True) -> flo
         for i in g:
             tail[i] = len(ids[i]) - k
     return flops.Tokens(batch=len(ids), groups=len(groups), full_len=full, cap_len=caps, prefix_len=prefix,
-                        tail_len=tail)
+                        tail_len=tail, members=[list(g) for g in groups])

@@ -1,6 +1,7 @@
 """Smoke test of the benchmark (``benchmarks/run.py --quick``) and unit checks of its FLOP formulas."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
@@ -138,3 +139,57 @@ def test_full_rows_smoke_on_cpu(monkeypatch):
     text = "\n".join(report._full_md({"full": rows, "info": {"device": "cpu"}}))
     assert "reduced depth" in text and "opt-test" in text and "(est.)" in text
     assert torch.get_num_threads() >= 1
+
+
+def test_train_flops_hand_count_per_mode():
+    """Unshared: logits from the first caption-predicting position; packed: one row per boundary."""
+    s = flops.LLMShape(hidden=8, layers=1, heads=2, kv_heads=2, ffn=16, vocab=10, gated_mlp=False)
+    tok = flops.Tokens(batch=3, groups=1, full_len=[50, 51, 52], cap_len=[6, 6, 6], prefix_len=[46], tail_len=[4, 5, 6])
+    # Unshared: rows padded to L = 58; logits from position min(full) - 1 = 49 on: 9 per row.
+    assert flops.train_step(s, tok, 0.0, False) == 2 * flops.llm_forward(s, 3, 58, 58, 9)
+    # Packed: 46 + (4+6) + (5+6) + (6+6) = 79 tokens in one row; logits from the prefix on: 33.
+    assert flops.train_step(s, tok, 0.0, True) == 2 * flops.llm_forward(s, 1, 79, 79, 33)
+    assert flops.train_step(s, tok, 0.0, True, mode="cache") == 2 * (
+        flops.llm_forward(s, 1, 46, 46, 1) + flops.llm_forward(s, 3, 12, 58, 12))
+    with pytest.raises(ValueError, match="packed"):
+        flops.train_step(s, tok, 0.0, True, mode="other")
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_flop_model_counts_the_lm_head_rows_the_model_runs(tmp_path, share):
+    """The FLOP model's LM-head positions and LLM token rows equal what the tiny model executes."""
+    import torch
+
+    from benchmarks import workload
+
+    spec = workload.SIZES["tiny"]
+    cfg = workload.load_cfg(spec, workload.make_llm(spec, tmp_path))
+    model = workload.build(cfg, "cpu")
+    batch = workload.make_batch(cfg, spec, 6)
+    seen = {"head": 0, "tokens": 0}
+    head = model.llm.get_output_embeddings()
+    h1 = head.register_forward_hook(lambda m, i, o: seen.__setitem__("head", seen["head"] + i[0].shape[0] * i[0].shape[1]))
+
+    def count_tokens(m, i, o):
+        h = o[0] if isinstance(o, tuple) else o  # (rows, tokens, D)
+        seen["tokens"] += h.shape[0] * h.shape[1]
+
+    h2 = model.llm.model.decoder.layers[0].register_forward_hook(count_tokens)
+    try:
+        with torch.no_grad():
+            model(batch, share_prefix=share)
+    finally:
+        for h in (h1, h2):
+            h.remove()
+    tok = workload.token_layout(model, batch)
+    s = flops.LLMShape.from_config(model.llm.config)
+    no_head = dataclasses.replace(s, vocab=0)
+    # LM-head FLOPs = 2·positions·D·V: recover the positions the formula counts.
+    counted = (flops.train_step(s, tok, 0.0, share) - flops.train_step(no_head, tok, 0.0, share)) / (2 * 2 * s.hidden * s.vocab)
+    assert counted == seen["head"]
+    assert model.share_prefix_mode == "packed"
+    if share:
+        R = max(p + sum(tok.tail_len[i] + tok.cap_len[i] for i in m) for p, m in zip(tok.prefix_len, tok.group_members))
+        assert seen["tokens"] == tok.groups * R
+    else:
+        assert seen["tokens"] == tok.batch * max(p + c for p, c in zip(tok.full_len, tok.cap_len))
