@@ -102,7 +102,7 @@ class Plan:
     def reps(self, size: str) -> int:
         if self.quick:
             return 1
-        return 5 if (size == "tiny" or self.gpu) else 3
+        return 5 if self.gpu else 3
 
     def max_s(self, size: str) -> float:
         """Cap on a row's timed runs (seconds): base rows on a CPU get fewer runs when a run is slow."""
@@ -133,6 +133,17 @@ class Plan:
         if self.quick or size == "tiny":
             return [1, 4]
         return [4] if self.gpu else [1]
+
+    def gen_beams(self, size: str, load: str) -> List[int]:
+        """Beam counts of the generation rows. A base-size call costs seconds on a CPU: there both
+        workloads run at 4 beams only (the recipe's setting; 1 and 2 beams are in the tiny rows), with two
+        timed runs each, to keep ``make bench`` inside its 10 minutes."""
+        if self.gpu or self.quick or size == "tiny":
+            return list(self.beams)
+        return [4]
+
+    def gen_reps(self, size: str) -> int:
+        return 2 if (size != "tiny" and not self.gpu and not self.quick) else self.reps(size)
 
     def gen_precisions(self) -> List[str]:
         return ["fp32", "bf16"] if self.gpu else ["fp32"]
@@ -212,7 +223,8 @@ def train_rows(ctx, size: str, batch_size: int, precision: str = "fp32", shares:
     enc = flops.encoder_forward(cfg.model.encoder) * spec.num_frames if raw_video else 0.0
     rows = []
     for share, t in zip(shares, timings):
-        f = flops.train_step(S["shape"], tok, S["adapter_fwd"], bool(share), encoder_fwd=enc)
+        f = flops.train_step(S["shape"], tok, S["adapter_fwd"], bool(share), encoder_fwd=enc,
+                             mode=getattr(model, "share_prefix_mode", "packed"))
         sps = batch_size / t.median
         row = {"size": size, "path": "raw video" if raw_video else "cached features", "precision": precision,
                "batch": batch_size, "share_prefix": bool(share), "samples_per_s": sps, "step_s": t.median,
@@ -295,7 +307,7 @@ def gen_rows(ctx, size: str, beams: int, shares: Sequence[Optional[bool]] = (Non
 
     with tilt:
         timings = harness.measure_many([make_call(*c) for c in combos], ctx.device, warmup=1,
-                                       reps=ctx.plan.reps(size), max_s=ctx.plan.max_s(size) * len(combos) / 2,
+                                       reps=ctx.plan.gen_reps(size), max_s=ctx.plan.max_s(size) * len(combos) / 2,
                                        min_reps=ctx.plan.min_reps)
     tok = workload.token_layout(model, batch, with_caption=False)
     rows = []
@@ -317,7 +329,8 @@ def gen_rows(ctx, size: str, beams: int, shares: Sequence[Optional[bool]] = (Non
                "predicted_flops_batch": f, "captions": caps}
         _flop_cols(ctx, row, f / B, cps, precision)
         ctx.say(f"gen   {size:4s} {precision} {load:9s} {backend:3s} beams={beams} B={B} share={bool(share)!s:5s} "
-                f"{cps:8.2f} captions/s ({t.runs} runs, {row['caption_tokens'] or 0:.1f} tokens/caption)")
+                f"{cps:8.2f} captions/s ({t.runs} runs, "
+                + (f"{row['caption_tokens']:.1f} tokens/caption)" if row["caption_tokens"] else "tokens/caption unknown)"))
         rows.append(row)
     return rows
 
@@ -479,13 +492,18 @@ def profile_findings(ctx, size: str, batch_size: int) -> Dict[str, Any]:
             cats["other"] += t
     out["categories"] = {k: v / total for k, v in cats.items()}
     out["top_ops"] = [{"op": k, "share": t / total, "calls": c} for k, t, c in sorted(rows, key=lambda r: -r[1])[:8]]
-    # LM-head work on positions without a target (unshared training computes logits everywhere).
+    # LM-head work on positions without a target: unshared training keeps logits from the first position
+    # that predicts a caption token on (logits_to_keep), so only padding and the longer prompts' tails.
     tok = workload.token_layout(model, batch)
     s = S["shape"]
     L = max(p + c for p, c in zip(tok.full_len, tok.cap_len))
-    wasted = 2 * 2 * (batch_size * L - sum(tok.cap_len)) * s.hidden * s.vocab  # fwd + activation bwd
+    kept = batch_size * (L - min(tok.full_len) + 1)
+    wasted = 2 * 2 * (kept - sum(tok.cap_len)) * s.hidden * s.vocab  # fwd + activation bwd
     step_flops = flops.train_step(s, tok, S["adapter_fwd"], False)
     out["lm_head_untargeted_share"] = wasted / step_flops
+    # Before the fix (logits at every position), as a share of that step's FLOPs.
+    everywhere = 2 * 2 * (batch_size * L - sum(tok.cap_len)) * s.hidden * s.vocab
+    out["lm_head_untargeted_share_before"] = everywhere / (step_flops + everywhere - wasted)
     # What freezing avoids: LLM weight gradients would add ~one more LLM forward's FLOPs per step.
     out["llm_weight_grad_share"] = flops.llm_forward(s, batch_size, L, L, L) / step_flops
     ctx.say(f"profile {size}: fixed-string tokenizer calls/step {out['tok_calls_fixed_per_step']:.0f}, "
@@ -647,7 +665,8 @@ def run(args) -> Dict[str, Any]:
         # Generation: the project's decoder vs the earlier path through transformers' generate.
         for prec in plan.gen_precisions():
             for load in args.gen_loads.split(","):
-                for k in [int(x) for x in args.gen_beams.split(",")]:
+                beams = [int(x) for x in args.gen_beams.split(",")] if args.gen_beams else plan.gen_beams(size, load)
+                for k in beams:
                     res["gen"] += gen_rows(ctx, size, k, pair, precision=prec, backends=("hf", "own"), load=load)
         if args.only_gen:
             del ctx.sizes[size]
@@ -696,7 +715,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     ap.add_argument("--only-gen", action="store_true",
                     help="measure generation only (one timed run per row at least); this device's other rows, and "
                          "the generation rows of sizes not measured, are kept from the last run")
-    ap.add_argument("--gen-beams", default="1,2,4", help="beam counts of the generation rows")
+    ap.add_argument("--gen-beams", default=None,
+                    help="beam counts of the generation rows (default: 1,2,4; at base size on a CPU see Plan.gen_beams)")
     ap.add_argument("--gen-loads", default=",".join(WORKLOADS), help="generation workloads: forced,realistic")
     ap.add_argument("--sizes", default="tiny,base,full",
                     help="comma-separated: tiny, base, full (= " + ",".join(workload.FULL) + ") or any of those")
