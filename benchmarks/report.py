@@ -299,8 +299,8 @@ def _full_md(res: Dict[str, Any]) -> List[str]:
     L = ["### Full-size shapes: the recipe on one device", "",
          f"Random LLMs with the released models' exact shapes, built on the meta device and materialised on "
          f"`{res['info']['device']}` in {r0['precision']}; the recipe's adapter in fp32 (trainable){', bf16 autocast' if r0['precision'] == 'bf16' else ''}. "
-         f"MFU = achieved FLOP/s (analytic FLOPs, above; for the shared prefix the FLOPs the shared layout needs, "
-         f"not the masked-out work) / {r0['peak_source']}. Recipe = {workload.RECIPE_EPOCHS} epochs × "
+         f"MFU = achieved FLOP/s (analytic FLOPs, above; for the shared prefix those of the packed layout, one row "
+         f"per boundary with attention over the whole row, which the flex kernel partly skips) / {r0['peak_source']}. Recipe = {workload.RECIPE_EPOCHS} epochs × "
          f"{workload.TRAIN_SPLIT_SAMPLES:,} train samples (26,626 boundaries × 3 caption types) at the row's rate."
          + ("" if gpu else " **CPU: reduced depth** (`layers` column), one boundary per batch, one run without "
             "warm-up; `recipe h (est.)` = the full-depth model's FLOPs at the FLOP/s achieved here, not a "
