@@ -32,6 +32,14 @@ def score_main(args: argparse.Namespace) -> int:
         SubmissionError, load_submission, references_from_annotations, validate_submission, write_json,
     )
 
+    if args.out:  # before scoring (minutes with SPICE): a folder there, a read-only disk
+        from pathlib import Path
+
+        from llmva_gebc.fileio import check_writable_dir
+
+        if Path(args.out).is_dir():
+            raise SubmissionError(f"--out {args.out} is a directory; give the metrics JSON file to write")
+        check_writable_dir(Path(args.out).parent, "--out folder")
     sub = load_submission(args.score)
     refs = references_from_annotations(args.annotations)
     if refs is None:

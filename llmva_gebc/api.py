@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -83,9 +84,10 @@ def resolve_boundaries(boundaries: Sequence[BoundarySpec], duration: float, labe
     :func:`~llmva_gebc.data.gebc.boundary_time_problem` (0 < t < duration, 0 <= prev <= t <= next <=
     duration), the rule the dataset applies to annotation files; ``where`` names the video in errors.
     """
-    if not boundaries:
-        raise CaptionError("no boundaries given")
-    if not (isinstance(duration, (int, float)) and math.isfinite(duration) and duration > 0):
+    if isinstance(boundaries, (str, bytes, numbers.Number)) or not boundaries:
+        raise CaptionError(f"boundaries must be a non-empty list of timestamps (seconds) or annotation entries, "
+                           f"got {boundaries!r}")
+    if not (_is_number(duration) and math.isfinite(duration) and duration > 0):
         raise CaptionError(f"the clip duration must be a positive number of seconds, got {duration!r}")
     specs = [dict(b) if isinstance(b, Mapping) else {"timestamp": b} for b in boundaries]
     if labels is not None:
@@ -98,10 +100,9 @@ def resolve_boundaries(boundaries: Sequence[BoundarySpec], duration: float, labe
     times = []
     for i, s in enumerate(specs):
         t = s.get("timestamp")
-        try:
-            t = float(t)
-        except (TypeError, ValueError):
-            raise CaptionError(f"boundary {i}: timestamp must be a number of seconds, got {t!r}") from None
+        if not _is_number(t):  # not a bool (True would be 1 s), not a string
+            raise CaptionError(f"boundary {i}: timestamp must be a number of seconds, got {type(t).__name__} {t!r}")
+        t = float(t)
         if not math.isfinite(t):
             raise CaptionError(f"boundary {i}: timestamp must be a finite number of seconds, got {t!r}")
         problem = boundary_time_problem(t, 0.0, duration, duration)  # inside the clip, before neighbours matter
@@ -115,26 +116,43 @@ def resolve_boundaries(boundaries: Sequence[BoundarySpec], duration: float, labe
     for i, (s, t) in enumerate(zip(specs, times)):
         k = ordered.index(t)
         bid = s.get("boundary_id", f"{video_id}_{i}")
-        try:
-            prev = float(s.get("prev_timestamp", ordered[k - 1] if k > 0 else 0.0))
-            nxt = float(s.get("next_timestamp", ordered[k + 1] if k + 1 < len(ordered) else duration))
-        except (TypeError, ValueError):
-            raise CaptionError(f"boundary '{bid}': prev/next timestamps must be numbers of seconds") from None
+        prev = s.get("prev_timestamp", ordered[k - 1] if k > 0 else 0.0)
+        nxt = s.get("next_timestamp", ordered[k + 1] if k + 1 < len(ordered) else duration)
+        if not (_is_number(prev) and _is_number(nxt)):
+            raise CaptionError(f"boundary '{bid}': prev/next timestamps must be numbers of seconds, got "
+                               f"prev_timestamp={prev!r}, next_timestamp={nxt!r}")
+        prev, nxt = float(prev), float(nxt)
         problem = boundary_time_problem(t, prev, nxt, duration)  # the dataset's rule
         if problem:
             raise CaptionError(f"boundary '{bid}' at {t:g} s{where}: {problem}")
         # a label the caller chose must be one of the five; an annotation entry's label is used as is
         label = canonical_label(labels[i]) if labels is not None else s.get("label") or DEFAULT_LABEL
+        if not isinstance(label, str):
+            raise CaptionError(f"boundary '{bid}': label must be a string, got {type(label).__name__} {label!r}")
         out.append({"boundary_id": bid, "timestamp": t, "prev_timestamp": prev, "next_timestamp": nxt,
                     "label": str(label)})
     return out
+
+
+def _is_number(x: Any) -> bool:
+    """A real number (int, float, numpy scalar), not a bool and not a string."""
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
 
 
 def _device_of(name: Optional[str], cfg) -> torch.device:
     want = str(name or cfg.run.device)
     if want == "auto":
         want = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(want)
+    try:
+        dev = torch.device(want)
+    except RuntimeError:
+        raise CaptionError(f"device {want!r} (--device or run.device) is not a device; expected cpu, cuda or "
+                           "cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise CaptionError(f"device {want!r} (--device or run.device): expected cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CaptionError(f"device {want!r} (--device or run.device): CUDA is not available here; use cpu")
+    return dev
 
 
 # ------------------------------------------------------------------------------------------ captioner
@@ -160,7 +178,9 @@ class Captioner:
         self.other_feats = [{"name": o.name, "dir": resolve_path(root, o.dir), "dim": int(o.dim)}
                             for o in (ds.other_feats if ds is not None else [])]
         self.max_seq_len = int(ds.max_seq_len) if ds is not None else 96
-        self.batch_size = int(batch_size or cfg.run.batch_size_eval)
+        self.batch_size = int(batch_size if batch_size is not None else cfg.run.batch_size_eval)
+        if self.batch_size < 1:
+            raise CaptionError(f"batch_size (--batch-size) must be >= 1, got {batch_size!r}")
         self.generate_kwargs = dict(generate_kwargs or {})
         self._encoder = getattr(model, "encoder", None)
         self._processor = None
@@ -307,11 +327,27 @@ class Captioner:
         """
         from llmva_gebc.data.collate import collate_gebc
 
-        q_tokens = torch.as_tensor(q_tokens, dtype=torch.float32)
-        if q_tokens.ndim != 3:
-            raise CaptionError(f"q_tokens must be (T, Q, H), got shape {tuple(q_tokens.shape)}")
+        q_tokens = torch.as_tensor(q_tokens)
+        m = self.cfg.model
+        Q, H, T_max = int(m.encoder.num_query_tokens), int(m.adapter.hidden_size), int(m.adapter.max_frame_pos)
+        if q_tokens.ndim != 3 or tuple(q_tokens.shape[1:]) != (Q, H) or not 1 <= q_tokens.shape[0] <= T_max:
+            raise CaptionError(f"q_tokens must be (T, {Q}, {H}) with 1 <= T <= {T_max} (model.adapter.max_frame_pos), "
+                               f"got shape {tuple(q_tokens.shape)}")
+        if not q_tokens.is_floating_point():
+            raise CaptionError(f"q_tokens must be floating point, got {q_tokens.dtype}")
+        if not bool(torch.isfinite(q_tokens).all()):
+            raise CaptionError(f"q_tokens hold {int((~torch.isfinite(q_tokens)).sum())} non-finite values (NaN/inf)")
+        q_tokens = q_tokens.to(torch.float32)  # (T, Q, H)
         if self.other_feats and other_feats is None:
             other_feats = self.other_features(video_id)
+        elif other_feats is not None:
+            other_feats = torch.as_tensor(other_feats)
+            want = (self.max_seq_len, sum(of["dim"] for of in self.other_feats))
+            if not self.other_feats or tuple(other_feats.shape) != want or not other_feats.is_floating_point():
+                raise CaptionError(f"other_feats must be floating point of shape {want} (datasets.<name>.max_seq_len, "
+                                   f"the sum of the other_feats dims), got {other_feats.dtype} {tuple(other_feats.shape)}"
+                                   if self.other_feats else "other_feats given, but this model has no other-feature branch")
+            other_feats = other_feats.float()  # (S, sum_d)
         recs = resolve_boundaries(boundaries, duration, labels, video_id=video_id)
         samples = []
         for r in recs:

@@ -56,18 +56,18 @@ def detector_settings(node: Optional[Mapping[str, Any]] = None, **override: Any)
     """The detector settings: defaults < ``node`` (``model.boundary_detector``) < ``override``."""
     import dataclasses
 
-    from llmva_gebc.config import BoundaryDetectorConfig
+    from llmva_gebc.config import BoundaryDetectorConfig, ConfigError
 
     out = dataclasses.asdict(BoundaryDetectorConfig())
     for src in (node or {}), override:
         out.update({k: v for k, v in dict(src).items() if v is not None})
     for k in ("fps", "window", "smooth", "min_gap"):
         if not (isinstance(out[k], (int, float)) and math.isfinite(out[k]) and out[k] >= 0):
-            raise ValueError(f"model.boundary_detector.{k} must be a number >= 0, got {out[k]!r}")
+            raise ConfigError(f"model.boundary_detector.{k} must be a number >= 0, got {out[k]!r}")
     if not out["fps"] > 0:
-        raise ValueError(f"model.boundary_detector.fps must be > 0, got {out['fps']!r}")
+        raise ConfigError(f"model.boundary_detector.fps must be > 0, got {out['fps']!r}")
     if not 0 <= float(out["threshold"]) <= 1:
-        raise ValueError(f"model.boundary_detector.threshold must be in [0, 1], got {out['threshold']!r}")
+        raise ConfigError(f"model.boundary_detector.threshold must be in [0, 1], got {out['threshold']!r}")
     return out
 
 
@@ -191,7 +191,9 @@ class BoundaryDetector:
             from llmva_gebc.models.frame_encoders import FRAME_ENCODERS
 
             if kind not in FRAME_ENCODERS:
-                raise ValueError(f"model.boundary_detector.features must be one of {', '.join(FEATURE_KINDS)} "
+                from llmva_gebc.config import ConfigError
+
+                raise ConfigError(f"model.boundary_detector.features must be one of {', '.join(FEATURE_KINDS)} "
                                  f"or a frame encoder ({', '.join(FRAME_ENCODERS.names())}), got {kind!r}")
         from llmva_gebc.config import pick_dataset
 
@@ -270,6 +272,12 @@ def _main(argv: Sequence[str]) -> int:
     cli.add_debug_arg(p)
     a = p.parse_args(argv)
     cli.setup_logging(a.debug, level=logging.WARNING)
+    from llmva_gebc.fileio import atomic_write_bytes, check_writable_dir
+
+    out = Path(a.out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory; give the predictions JSON file to write")
+    check_writable_dir(out.parent, "--out folder")  # before the (long) detection
     try:
         cfg = load_config(a.cfg_path, a.options)
         det = BoundaryDetector(cfg, a.dataset, device=a.device)
@@ -278,11 +286,7 @@ def _main(argv: Sequence[str]) -> int:
             preds[Path(v).stem] = det(v, probe_duration(v))["timestamps"]
     except (VideoDecodeError, ConfigError, FileNotFoundError, KeyError, ValueError) as e:
         raise UserError(one_line(e)) from e  # one line, exit 2 (cli.run)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(preds, indent=1))
-    os.replace(tmp, out)
+    atomic_write_bytes(out, (json.dumps(preds, indent=1) + "\n").encode("utf-8"))
     print(f"boundaries: {sum(map(len, preds.values()))} boundaries in {len(preds)} videos -> {out}")
     return 0
 

@@ -24,8 +24,9 @@ from llmva_gebc.errors import UserError, one_line
 from llmva_gebc.fileio import OutputWriteError
 
 DEBUG_ENV = "LLMVA_DEBUG"
-# User errors: ours, a missing path, an output that cannot be written (disk full, read-only, ...).
-USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError, OutputWriteError)
+# User errors: ours, a missing path, a file where a folder is expected (or the reverse), a file the user
+# may not read (chmod 000), an output that cannot be written (disk full, read-only, ...).
+USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, OutputWriteError)
 
 
 def debug_requested(argv: Optional[Sequence[str]] = None) -> bool:

@@ -357,7 +357,129 @@ def load_config(path: str | os.PathLike, options: Sequence[str] | None = None) -
     for name, ds in cfg.datasets.items():
         if ds.builder is None:
             ds.builder = name
+    check_values(cfg, str(path), options)
     return cfg
+
+
+# ------------------------------------------------------------------------------------ value ranges
+# What each numeric or enumerated key admits, beyond its type (which the schema checks). Checked when a
+# config is loaded, so a negative batch size or ``num_beams: 0`` stops before any work, naming the key,
+# rather than failing later with a traceback or, worse, training or captioning with it.
+_ONE_UP = ("int", 1, None)  # an integer >= 1
+
+
+def _rules() -> List[Tuple[str, Tuple]]:
+    """``(key, rule)``; ``*`` in a key stands for each entry of a dict or list. Rules: ``("int"|"float",
+    lo, hi)`` (inclusive bounds, None = open; floats must be finite), ``("float>", lo)`` (strictly
+    greater), ``("prob",)`` (0 <= p < 1), ``("choice", a, b, ...)``, ``("nonempty",)`` (a list); a key whose
+    value is null passes."""
+    r: List[Tuple[str, Tuple]] = []
+    for k in ("batch_size_train", "batch_size_eval", "max_epoch", "max_steps", "accum_grad_iters", "log_every",
+              "save_every_steps", "max_eval_boundaries", "num_threads"):
+        r.append((f"run.{k}", _ONE_UP))
+    for k in ("init_lr", "min_lr", "warmup_lr", "weight_decay"):
+        r.append((f"run.{k}", ("float", 0.0, None)))
+    r += [("run.warmup_steps", ("int", 0, None)), ("run.num_workers", ("int", 0, None)),
+          ("run.report_max_boundaries", ("int", 0, None)), ("run.lr_decay_rate", ("float>", 0.0)),
+          ("run.grad_clip", ("float>", 0.0)), ("run.betas.*", ("prob",)),
+          ("run.distributed.timeout_s", ("float>", 0.0)),
+          ("run.amp", ("choice", "none", "fp16", "bf16")), ("run.device", ("choice", "auto", "cpu", "cuda")),
+          ("run.nan_policy", ("choice", "stop", "skip")),  # run.spice: also YAML booleans (spice_mode checks it)
+          ("run.share_prefix_attention", ("choice", "auto", "dense", "flex")),
+          ("run.distributed.strategy", ("choice", "ddp", "fsdp")), ("run.train_splits", ("nonempty",)),
+          ("run.best_metric", ("choice", "agg_metrics", "val_loss", "CIDEr", "ROUGE_L", "SPICE", "score",
+                               "score_without_spice"))]
+    g = "model.generation"
+    r += [(f"{g}.num_beams", _ONE_UP), (f"{g}.max_length", ("int", 2, None)), (f"{g}.min_length", ("int", 0, None)),
+          (f"{g}.repetition_penalty", ("float>", 0.0)), (f"{g}.length_penalty", ("float", None, None)),
+          (f"{g}.backend", ("choice", "own", "hf")), ("model.max_txt_len", _ONE_UP),
+          ("model.llm.dtype", ("choice", "fp32", "fp16", "bf16")), ("model.llm.lora.r", _ONE_UP),
+          ("model.llm.lora.alpha", ("float>", 0.0)), ("model.llm.lora.dropout", ("prob",)),
+          ("model.encoder.precision", ("choice", "fp32", "fp16", "bf16")),
+          ("model.encoder.weights", ("choice", "none", "lavis", "hf")), ("model.encoder.num_query_tokens", _ONE_UP)]
+    for sub in ("vision", "qformer"):
+        for k in ("hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers"):
+            r.append((f"model.encoder.{sub}.{k}", _ONE_UP))
+    r += [("model.encoder.vision.image_size", _ONE_UP), ("model.encoder.vision.patch_size", _ONE_UP),
+          ("model.encoder.qformer.cross_attention_frequency", _ONE_UP)]
+    a = "model.adapter"
+    for k in ("hidden_size", "num_attention_heads", "intermediate_size", "num_layers", "num_query_tokens",
+              "max_frame_pos", "other_num_query_tokens", "other_max_pos"):
+        r.append((f"{a}.{k}", _ONE_UP))
+    r += [(f"{a}.hidden_dropout_prob", ("prob",)), (f"{a}.attention_probs_dropout_prob", ("prob",)),
+          (f"{a}.layer_norm_eps", ("float>", 0.0)), (f"{a}.other_feats.*.dim", _ONE_UP)]
+    b = "model.boundary_detector"
+    r += [(f"{b}.fps", ("float>", 0.0)), (f"{b}.max_frames", ("int", 4, None)), (f"{b}.window", ("float", 0.0, None)),
+          (f"{b}.motion_weight", ("float", 0.0, None)), (f"{b}.smooth", ("float", 0.0, None)),
+          (f"{b}.threshold", ("float", 0.0, 1.0)), (f"{b}.min_gap", ("float", 0.0, None))]
+    d = "datasets.*"
+    r += [(f"{d}.max_seq_len", _ONE_UP), (f"{d}.sample_ratio", ("float>", 0.0)), (f"{d}.other_feats.*.dim", _ONE_UP),
+          (f"{d}.vis_processor.num_frames", _ONE_UP), (f"{d}.vis_processor.image_size", _ONE_UP),
+          (f"{d}.vis_processor.sampling", ("choice", "uniform", "boundary")),
+          (f"{d}.vis_processor.boundary_window", ("float>", 0.0))]
+    return r
+
+
+def _expand(cfg: Any, key: str) -> List[Tuple[str, Any]]:
+    """``[(full key, value)]`` of ``key`` in ``cfg``, ``*`` expanded over dict keys / list indices; values
+    that are unset (``???``) or whose interpolation cannot be resolved yet are left out."""
+    head, _, rest = key.partition(".")
+    if head == "*":
+        items = (cfg.items_ex(resolve=False) if isinstance(cfg, DictConfig)
+                 else enumerate(cfg) if isinstance(cfg, ListConfig) else [])
+        pairs = [(str(k), v) for k, v in items]
+    else:
+        if not isinstance(cfg, DictConfig) or head not in cfg or OmegaConf.is_missing(cfg, head):
+            return []
+        try:
+            pairs = [(head, cfg[head])]
+        except OmegaConfBaseException:  # e.g. ${oc.env:...} unset: check_resolved reports it
+            return []
+    out: List[Tuple[str, Any]] = []
+    for k, v in pairs:
+        if not rest:
+            out.append((k, v))
+        else:
+            out += [(f"{k}.{sub}", x) for sub, x in _expand(v, rest)]
+    return out
+
+
+def _rule_problem(value: Any, rule: Tuple) -> Optional[str]:
+    """What ``value`` breaks in ``rule``, as "must be ...", or None."""
+    import math
+
+    kind = rule[0]
+    if kind == "nonempty":
+        return None if len(value) else "must name at least one split"
+    if kind == "choice":
+        return None if value in rule[1:] else f"must be one of {', '.join(rule[1:])}"
+    if kind == "prob":
+        return None if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1 else "must be in [0, 1)"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "must be a finite number"
+    if kind == "float>":
+        return None if value > rule[1] else f"must be > {rule[1]:g}"
+    lo, hi = rule[1], rule[2]
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        what = "an integer" if kind == "int" else "a number"
+        bounds = (f"in [{lo:g}, {hi:g}]" if lo is not None and hi is not None
+                  else f">= {lo:g}" if lo is not None else f"<= {hi:g}")
+        return f"must be {what} {bounds}"
+    return None
+
+
+def check_values(cfg: DictConfig, source: str = "the config", options: Sequence[str] | None = None) -> None:
+    """Raise :class:`ConfigError` for the first key whose value is outside what it admits (see ``_rules``),
+    naming the key, the value, what is allowed, and where it was set (``source`` or ``--options``)."""
+    for key, rule in _rules():
+        for full, value in _expand(cfg, key):
+            if value is None:
+                continue
+            problem = _rule_problem(value, rule)
+            if problem:
+                given = any(str(o).split("=", 1)[0].strip() == full or full.startswith(str(o).split("=", 1)[0].strip() + ".")
+                            for o in options or [])
+                raise ConfigError(f"config key '{full}' {problem}, got {value!r} (in {'--options' if given else source})")
 
 
 def check_resolved(cfg: DictConfig, required: Sequence[str] = ()) -> None:
@@ -506,5 +628,5 @@ def as_plain(node: Any) -> Any:
 __all__ = [
     "Config", "ModelConfig", "EncoderConfig", "AdapterConfig", "LLMConfig", "RunConfig", "DatasetConfig",
     "ConfigError", "load_config", "save_config", "check_resolved", "add_config_args", "as_plain",
-    "parse_options", "to_yaml", "config_diff", "check_inputs",
+    "parse_options", "to_yaml", "config_diff", "check_inputs", "check_values",
 ]

@@ -35,6 +35,7 @@ import torch
 
 from llmva_gebc.data.gebc import VIDEO_EXTS, DataError, check_q_tokens, find_video, load_feature_array
 from llmva_gebc.data.video import read_frames
+from llmva_gebc.errors import UserError
 
 logger = logging.getLogger(__name__)
 REPORT_NAME = "extract_report.json"
@@ -86,10 +87,18 @@ def list_videos(videos_dir: str | os.PathLike, list_file: Optional[str | os.Path
     videos_dir = Path(videos_dir)
     if list_file is None:
         if not videos_dir.is_dir():
-            raise FileNotFoundError(f"videos dir not found: {videos_dir}")
-        return sorted(p for p in videos_dir.iterdir() if p.suffix.lower() in VIDEO_EXTS and p.is_file())
+            raise FileNotFoundError(f"videos dir not found: {videos_dir}"
+                                    + (" (it is a file; give the folder that holds the videos)" if videos_dir.exists() else ""))
+        found = sorted(p for p in videos_dir.iterdir() if p.suffix.lower() in VIDEO_EXTS and p.is_file())
+        if not found:  # a wrong folder would otherwise "succeed" with nothing done
+            raise UserError(f"no video files ({', '.join(VIDEO_EXTS)}) in {videos_dir}")
+        _check_unique_ids(found, str(videos_dir))
+        return found
+    list_file = Path(list_file)
+    if not list_file.is_file():
+        raise FileNotFoundError(f"--list file not found: {list_file}" + (" (it is a directory)" if list_file.is_dir() else ""))
     out = []
-    for line in Path(list_file).read_text().splitlines():
+    for line in list_file.read_text().splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -98,7 +107,21 @@ def list_videos(videos_dir: str | os.PathLike, list_file: Optional[str | os.Path
             out.append(p if p.is_absolute() or p.is_file() else videos_dir / p)
         else:
             out.append(find_video(videos_dir, line) or videos_dir / f"{line}.mp4")
+    if not out:
+        raise UserError(f"--list file {list_file} names no videos")
+    _check_unique_ids(out, str(list_file))
     return out
+
+
+def _check_unique_ids(paths: Sequence[Path], where: str) -> None:
+    """Each output is ``<video id>.npy`` with the id = the file stem: two videos of one id (``a.mp4`` and
+    ``a.mkv``) would silently overwrite each other's features."""
+    seen: Dict[str, Path] = {}
+    for p in paths:
+        if p.stem in seen and seen[p.stem] != p:
+            raise UserError(f"{where}: two videos have the id '{p.stem}' ({seen[p.stem].name}, {p.name}); the video id "
+                            "is the file name without extension, so their features would overwrite each other")
+        seen[p.stem] = p
 
 
 class DecodedVideos(torch.utils.data.Dataset):
@@ -155,8 +178,9 @@ def extract_features(
     """
     from tqdm import tqdm
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from llmva_gebc.fileio import check_writable_dir
+
+    out_dir = check_writable_dir(out_dir, "output folder")  # before any decoding: a file there, a read-only disk
     np_dtype = {"float32": np.float32, "float16": np.float16}[save_dtype]
     report: Dict[str, Any] = {"videos": len(video_paths), "extracted": 0, "skipped": 0, "failed": [], "redone": [],
                               "frames": 0, "seconds": 0.0, "out_dir": str(out_dir)}

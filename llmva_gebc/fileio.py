@@ -44,6 +44,22 @@ class OutputWriteError(OSError):
         return str(self.args[1]) if len(self.args) > 1 else super().__str__()
 
 
+class DuplicateKeyError(ValueError):
+    """A JSON object that names one key twice (``json.load`` would silently keep the last value)."""
+
+
+def unique_keys(pairs):
+    """``object_pairs_hook`` for ``json.load``: a dict, or :class:`DuplicateKeyError` naming the repeated key
+    (two entries for one video or boundary id: the first would be dropped without a word)."""
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise DuplicateKeyError(f"key {k!r} appears twice in one JSON object (the second would silently replace "
+                                    "the first)")
+        out[k] = v
+    return out
+
+
 def describe_os_error(e: BaseException) -> str:
     """``e`` in user terms: "disk full (No space left on device)", "read-only file system (...)", ..."""
     code = getattr(e, "errno", None)
@@ -149,5 +165,5 @@ def remove_stale_temporaries(directory: os.PathLike | str) -> List[Path]:
     return removed
 
 
-__all__ = ["OutputWriteError", "describe_os_error", "os_error_in", "write_error", "atomic_write_bytes", "check_writable_dir",
+__all__ = ["OutputWriteError", "DuplicateKeyError", "unique_keys", "describe_os_error", "os_error_in", "write_error", "atomic_write_bytes", "check_writable_dir",
            "remove_stale_temporaries"]

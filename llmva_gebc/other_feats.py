@@ -131,12 +131,17 @@ def split_video_ids(annotations: str | os.PathLike, video_info: Optional[str | o
     ids = list(dict.fromkeys(b["video_id"] for b in load_annotations(annotations, with_captions=False)))
     if video_info is not None:
         info = read_json(video_info, "video_info")
+        if not isinstance(info, dict):
+            from llmva_gebc.data.gebc import DataError
+
+            raise DataError(f"{video_info}: expected a JSON object {{youtube_id: duration}}, got {type(info).__name__}")
         ids = [v for v in ids if v in info]
     return ids
 
 
 def _check_main(a: argparse.Namespace) -> int:
     from llmva_gebc.data.gebc import resolve_path
+    from llmva_gebc.errors import UserError
 
     entries = []  # (name, dir, dim, annotations, video_info)
     if a.cfg_path:
@@ -151,12 +156,13 @@ def _check_main(a: argparse.Namespace) -> int:
                                 int(of.dim), resolve_path(ds.root, ds.annotations[a.split]),
                                 resolve_path(ds.root, ds.video_info)))
         if not entries:
-            print(f"{a.cfg_path}: no other_feats for split '{a.split}'", file=sys.stderr)
-            return 2
+            raise UserError(f"{a.cfg_path}: no datasets.<name>.other_feats for split '{a.split}' "
+                            f"(datasets with that split: {[n for n, d in cfg.datasets.items() if a.split in (d.annotations or {})]})")
     else:
-        if not (a.dir and a.dim and a.annotations):
-            print("check: give --cfg-path (and --split), or --dir, --dim and --annotations", file=sys.stderr)
-            return 2
+        if not (a.dir and a.dim is not None and a.annotations):
+            raise UserError("check: give --cfg-path (and --split), or --dir, --dim and --annotations")
+        if a.dim < 1:
+            raise UserError(f"check: --dim must be an integer >= 1, got {a.dim}")
         entries.append((Path(a.dir).name, Path(a.dir), a.dim, Path(a.annotations), a.video_info))
     bad = 0
     for name, d, dim, ann, info in entries:
@@ -173,8 +179,16 @@ def _check_main(a: argparse.Namespace) -> int:
 
 
 def _extract_main(a: argparse.Namespace) -> int:
+    import math
+
+    from llmva_gebc.errors import UserError
     from llmva_gebc.extract import REPORT_NAME, list_videos
     from llmva_gebc.models.frame_encoders import build_frame_encoder
+
+    for flag, value, ok in (("--fps", a.fps, math.isfinite(a.fps) and a.fps > 0), ("--batch-size", a.batch_size, a.batch_size >= 1),
+                            ("--grid", a.grid, a.grid >= 1), ("--image-size", a.image_size, a.image_size is None or a.image_size >= 1)):
+        if not ok:
+            raise UserError(f"{flag} must be {'a number > 0' if flag == '--fps' else 'an integer >= 1'}, got {value!r}")
 
     kw: Dict[str, Any] = {"device": a.device, "dtype": a.dtype}
     if a.encoder == "efficientnet_lite0":

@@ -9,7 +9,9 @@ Registration happens when the defining module is imported. The package's own mod
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Dict, Iterator, TypeVar
+from typing import Callable, Dict, Iterator, Optional, TypeVar
+
+from llmva_gebc.errors import UserError
 
 T = TypeVar("T")
 
@@ -34,11 +36,21 @@ def load_builtins() -> None:
         importlib.import_module(name)
 
 
-class Registry:
-    """A named map from strings to classes or builder functions."""
+class UnknownNameError(KeyError, UserError):
+    """A name that no builder is registered under (a config value such as ``run.lr_sched: foo``); a
+    ``KeyError`` for callers that catch one, a user error for the command lines (one line, exit 2)."""
 
-    def __init__(self, kind: str, builtins: bool = False) -> None:
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class Registry:
+    """A named map from strings to classes or builder functions. ``key``: the config key whose value
+    names an entry (e.g. ``run.lr_sched``), for the error message of an unknown name."""
+
+    def __init__(self, kind: str, builtins: bool = False, key: Optional[str] = None) -> None:
         self.kind = kind
+        self.key = key
         self._map: Dict[str, Callable] = {}
         self._builtins = builtins  # filled by BUILTIN_MODULES: import them before a lookup
 
@@ -60,7 +72,8 @@ class Registry:
             return self._map[name]
         except KeyError:
             known = ", ".join(sorted(self._map)) or "(none)"
-            raise KeyError(f"unknown {self.kind} '{name}'; registered {self.kind}s: {known}") from None
+            where = f" (config key {self.key})" if self.key else ""
+            raise UnknownNameError(f"unknown {self.kind} '{name}'{where}; registered {self.kind}s: {known}") from None
 
     def _load(self) -> None:
         if self._builtins:
@@ -84,12 +97,12 @@ class Registry:
         return f"Registry({self.kind!r}, {self.names()})"
 
 
-DATASETS = Registry("dataset builder", builtins=True)
-MODELS = Registry("model", builtins=True)
-PROCESSORS = Registry("processor", builtins=True)
-TASKS = Registry("task", builtins=True)
-RUNNERS = Registry("runner", builtins=True)
-LR_SCHEDULERS = Registry("lr scheduler", builtins=True)
+DATASETS = Registry("dataset builder", builtins=True, key="datasets.<name>.builder")
+MODELS = Registry("model", builtins=True, key="model.arch")
+PROCESSORS = Registry("processor", builtins=True, key="datasets.<name>.vis_processor.name")
+TASKS = Registry("task", builtins=True, key="run.task")
+RUNNERS = Registry("runner", builtins=True, key="run.runner")
+LR_SCHEDULERS = Registry("lr scheduler", builtins=True, key="run.lr_sched")
 
-__all__ = ["Registry", "BUILTIN_MODULES", "load_builtins", "DATASETS", "MODELS", "PROCESSORS", "TASKS", "RUNNERS",
+__all__ = ["Registry", "UnknownNameError", "BUILTIN_MODULES", "load_builtins", "DATASETS", "MODELS", "PROCESSORS", "TASKS", "RUNNERS",
            "LR_SCHEDULERS"]

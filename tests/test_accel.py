@@ -92,7 +92,10 @@ def test_apply_run_options_reads_the_config_keys(tiny_cfg_factory, monkeypatch):
     assert model.share_prefix and model.packed_attention == "dense"
     assert all(getattr(m, "_llmva_checkpointed", False) for m in model.llm.model.decoder.layers)
     assert compiled == [model]
-    bad = tiny_cfg_factory("opt", "run.share_prefix_attention=fused")
+    with pytest.raises(ValueError, match="share_prefix_attention"):  # refused when the config loads
+        tiny_cfg_factory("opt", "run.share_prefix_attention=fused")
+    bad = tiny_cfg_factory("opt")
+    bad.run.share_prefix_attention = "fused"  # and by accel itself (a config changed in code)
     with pytest.raises(ValueError, match="share_prefix_attention"):
         accel.apply_run_options(model, bad.run)
 

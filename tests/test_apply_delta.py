@@ -103,3 +103,22 @@ def test_vocab_rows_must_match_added_tokens(tmp_path):
     with pytest.raises(DeltaError, match=r"tensor '(lm_head|model\.embed_tokens)\.weight': the delta has 2 more rows than "
                                          r"the base, but its tokenizer adds 0 tokens"):
         apply_delta(tmp_path / "llama", tmp_path / "delta", tmp_path / "out")
+
+
+def test_non_finite_weights_and_an_unwritable_target_are_errors(tmp_path, capsys):
+    _llama(tmp_path / "llama", seed=0)
+    delta = _llama(tmp_path / "delta", seed=1)
+    bad = dict(delta)
+    bad["model.layers.0.mlp.up_proj.weight"] = delta["model.layers.0.mlp.up_proj.weight"].clone()
+    bad["model.layers.0.mlp.up_proj.weight"][3, 5] = float("nan")  # was written into the target as is
+    (tmp_path / "nan").mkdir()
+    save_file(bad, str(tmp_path / "nan" / "model.safetensors"))
+    rc = main(["--base", str(tmp_path / "llama"), "--delta", str(tmp_path / "nan"), "--target", str(tmp_path / "out"),
+               "--no-check-tokenizer"])
+    assert rc == 2 and capsys.readouterr().err.strip() == (
+        "error: tensor 'model.layers.0.mlp.up_proj.weight': non-finite values (NaN/inf) in the delta; re-download it "
+        "(nothing was written)")
+    assert not list((tmp_path / "out").glob("*safetensors*"))
+    (tmp_path / "afile").write_text("x")  # was a FileExistsError traceback
+    rc = main(["--base", str(tmp_path / "llama"), "--delta", str(tmp_path / "delta"), "--target", str(tmp_path / "afile")])
+    assert rc == 2 and f"--target folder {tmp_path / 'afile'} is not writable" in capsys.readouterr().err

@@ -558,3 +558,211 @@ def test_no_plain_unpickling_in_the_package():
                     k.arg == "weights_only" and getattr(k.value, "value", None) is True for k in node.keywords):
                 offenders.append(f"{path.relative_to(REPO)}:{node.lineno} (torch.load without weights_only=True)")
     assert offenders == []
+
+
+# =========================================================== battery 2: values coerced or used silently
+# Each of these was accepted before (exit 0 with a wrong or partial result, or a traceback): now one
+# error naming the file and the key, exit status 2 from the command lines.
+def test_annotation_values_that_were_coerced_or_used_silently(tmp_path):
+    from llmva_gebc.data.gebc import DataError, build_gebc, load_annotations
+
+    ann = json.loads(_ann(tmp_path, "a.json", {VID_A: [(f"{VID_A}_0", 0, 1, 2)]}).read_text())
+
+    def bad(name, edit, needle, **kw):
+        a = json.loads(json.dumps(ann))
+        edit(a[VID_A][0])
+        p = tmp_path / name
+        p.write_text(json.dumps(a))
+        with pytest.raises(DataError, match=needle):
+            load_annotations(p, with_captions=True, **kw)
+
+    # a string time was read as a number ("2.5" -> 2.5), a bool as 0 or 1 s
+    bad("str.json", lambda b: b.update(timestamp="1.0"), rf"str\.json: boundary '{VID_A}_0' key 'timestamp' must be a "
+                                                         "number of seconds, got str '1.0'")
+    bad("bool.json", lambda b: b.update(prev_timestamp=False), r"key 'prev_timestamp' must be a number of seconds, got bool")
+    # an empty or blank reference caption trained the model to say nothing and scored 0
+    bad("blank.json", lambda b: b.update(status_before="  "), rf"blank\.json: boundary '{VID_A}_0' key 'status_before' is "
+                                                              r"empty or blank \('  '\)")
+    # a file without boundaries gave an empty split: training on nothing, a submission of nothing
+    for name, data in (("empty.json", {}), ("nolists.json", {VID_A: [], VID_B: []})):
+        (tmp_path / name).write_text(json.dumps(data))
+        with pytest.raises(DataError, match=rf"{name}: no boundaries"):
+            load_annotations(tmp_path / name, with_captions=False)
+    # a video_info duration given as a string
+    feats = tmp_path / "feats"
+    feats.mkdir()
+    np.save(feats / f"{VID_A}.npy", np.zeros((4, 2, 8), np.float32))
+    with pytest.raises(DataError, match=rf"video_info\.json: key '{VID_A}' \(the video's duration\) must be a number of "
+                                        "seconds, got str '5'"):
+        build_gebc(_gebc_cfg(tmp_path, {"val": tmp_path / "a.json"}, feats, {VID_A: "5"}), "val", training=False)
+
+
+@pytest.mark.parametrize("arr,needle", [
+    (np.ones((4, 2, 8), np.int64), r"dtype int64; expected a floating-point array"),
+    (np.ones((4, 2, 8), bool), r"dtype bool; expected a floating-point array"),
+    (np.zeros((0, 2, 8), np.float32), r"has T=0 frames, shape \(0, 2, 8\)"),
+])
+def test_integer_and_empty_features_are_errors(tmp_path, arr, needle):
+    from llmva_gebc.data.gebc import DataError, build_gebc
+
+    feats = tmp_path / "feats"
+    feats.mkdir()
+    np.save(feats / f"{VID_A}.npy", arr)
+    ann = _ann(tmp_path, "val.json", {VID_A: [(f"{VID_A}_0", 0, 1, 2)]})
+    ds = build_gebc(_gebc_cfg(tmp_path, {"val": ann}, feats, {VID_A: 5.0}), "val", training=False)
+    with pytest.raises(DataError, match=rf"features file .*{VID_A}\.npy.*{needle}"):
+        ds[0]
+    np.save(feats / f"{VID_A}.npy", np.ones((4, 2, 8), np.float16))  # float16 (extract --save-dtype) stays fine
+    assert ds[0]["q_tokens"].dtype == torch.float32
+
+
+def test_score_mode_refuses_blank_references_empty_files_and_a_folder_as_out(tmp_path, capsys):
+    from llmva_gebc.eval.submission import references_from_annotations
+
+    refs = references_from_annotations(SAMPLE_VAL)
+    sub = tmp_path / "sub.json"
+    sub.write_text(json.dumps(refs))
+    ann = json.loads(SAMPLE_VAL.read_text())
+    first = ann[next(iter(ann))][0]
+    first["subject"] = ""
+    blank = tmp_path / "blank.json"
+    blank.write_text(json.dumps(ann))
+    assert _evaluate(["--score", sub, "--annotations", blank]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {blank}: 1 reference captions are empty or blank (a reference needs words): "
+        f"'{first['boundary_id']}' (subject '')")
+    for name, data in (("empty.json", {}), ("nolists.json", {k: [] for k in ann})):
+        (tmp_path / name).write_text(json.dumps(data))
+        assert _evaluate(["--score", tmp_path / "sub.json", "--annotations", tmp_path / name]) == 2
+        assert capsys.readouterr().err.startswith(f"error: {tmp_path / name}: no boundaries")
+    first["subject"], first["boundary_id"] = "man", 7
+    (tmp_path / "intid.json").write_text(json.dumps(ann))
+    assert _evaluate(["--score", sub, "--annotations", tmp_path / "intid.json"]) == 2
+    assert "has a 'boundary_id' that is not a string: 7" in capsys.readouterr().err
+    # --out is checked before scoring (which can take minutes): a folder there is refused at once
+    assert _evaluate(["--score", sub, "--annotations", SAMPLE_VAL, "--out", tmp_path]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --out {tmp_path} is a directory; give the metrics JSON file to write"
+
+
+def _state_dict_file(tmp_path, name, sd):
+    p = tmp_path / name
+    if name.endswith(".safetensors"):
+        from safetensors.torch import save_file
+
+        save_file(sd, str(p))
+    else:
+        torch.save({"model": sd}, p)
+    return p
+
+
+def test_checkpoint_values_that_are_no_weights_are_errors(tmp_path, tiny_cfg, capsys):
+    from llmva_gebc.models import build_model
+    from llmva_gebc.models.checkpoint import CheckpointReadError, load_trainable, main
+
+    model = build_model(tiny_cfg.model)
+    sd = {k: v.detach().clone() for k, v in model.trainable_state_dict().items()}
+    k0 = next(iter(sd))
+    before = sd[k0].clone()
+    nan = dict(sd, **{k0: torch.full_like(sd[k0], float("nan"))})
+    cases = [  # (file, state dict, message) -- each was loaded before: cast to float, or NaN captions
+        ("int.safetensors", dict(sd, **{k0: (sd[k0] * 100).to(torch.int64)}), rf"tensor '{k0}' has dtype torch\.int64"),
+        ("nan.safetensors", nan, rf"tensor '{k0}' holds {sd[k0].numel()} non-finite values"),
+        ("floats.pth", dict(sd, **{k0: 1.0}), rf"'{k0}' is a float, not a tensor"),  # was an AttributeError traceback
+    ]
+    for name, state, needle in cases:
+        p = _state_dict_file(tmp_path, name, state)
+        with pytest.raises(CheckpointReadError, match=rf"{p}: {needle}"):
+            load_trainable(model, p)
+        assert torch.equal(dict(model.trainable_parameters())[k0].detach(), before)  # nothing loaded
+    p = tmp_path / "orig.pth"
+    torch.save({"model": {"llama_proj.weight": torch.ones(3, 3, dtype=torch.int32)}}, p)
+    assert main(["convert", str(p), str(tmp_path / "out")]) == 2
+    assert "tensor 'adapter.proj.weight' has dtype torch.int32" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_caption_api_checks_what_it_is_given(captioner):
+    from llmva_gebc.api import CaptionError, Captioner
+
+    model, _, _ = captioner
+    q = torch.randn(4, 4, 32)  # (T, Q, H) of the tiny config
+    assert len(model.caption_features(q, [1.0], 5.0)) == 1
+    for q_bad, needle in ((torch.full((4, 4, 32), float("nan")), r"512 non-finite values"),  # were empty captions
+                          (torch.randn(4, 5, 32), r"q_tokens must be \(T, 4, 32\) with 1 <= T <= 32 .* got shape \(4, 5, 32\)"),
+                          (torch.randn(0, 4, 32), r"got shape \(0, 4, 32\)"),
+                          (torch.ones(4, 4, 32, dtype=torch.int64), r"must be floating point, got torch\.int64")):
+        with pytest.raises(CaptionError, match=needle):
+            model.caption_features(q_bad, [1.0], 5.0)
+    for spec, needle in (([True], r"timestamp must be a number of seconds, got bool True"),  # was 1 s
+                         (["1.5"], r"got str '1\.5'"),
+                         ([{"timestamp": 1.0, "label": 7}], r"label must be a string, got int 7"),  # was "7" in the prompt
+                         ([{"timestamp": 1.0, "prev_timestamp": True}], r"prev/next timestamps must be numbers"),
+                         (1.0, r"boundaries must be a non-empty list")):
+        with pytest.raises(CaptionError, match=needle):
+            model.caption_features(q, spec, 5.0)
+    with pytest.raises(CaptionError, match=r"clip duration must be a positive number of seconds, got True"):
+        model.caption_features(q, [0.5], True)
+    with pytest.raises(CaptionError, match=r"batch_size \(--batch-size\) must be >= 1, got 0"):  # was: the config's
+        Captioner(model.cfg, model.model, batch_size=0)
+
+
+def test_caption_cli_device_and_batch_size(captioner, media, capsys):
+    _, args, _ = captioner
+    rc, _, err = run_caption_cli([media["webm"], *args, "--boundaries", "1", "--device", "tpu"], capsys)
+    assert rc == 2 and err.strip() == "error: device 'tpu' (--device or run.device) is not a device; expected cpu, " \
+                                      "cuda or cuda:N"
+    rc, _, err = run_caption_cli([media["webm"], *args, "--boundaries", "1", "--batch-size", "-1"], capsys)
+    assert rc == 2 and "batch_size (--batch-size) must be >= 1, got -1" in err
+
+
+def test_video_folders_without_videos_or_with_two_of_one_id(tmp_path, media, capsys):
+    import shutil
+
+    from llmva_gebc import boundaries, extract, other_feats
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("x")
+    cfg = ["--cfg-path", str(TINY), "--options", "model.boundary_detector.features=pixels"]
+    for fn, argv in ((extract.main, ["--cfg-path", str(TINY), "--videos", str(empty), "--out", str(tmp_path / "f")]),
+                     (boundaries.main, [*cfg, "--videos", str(empty), "--out", str(tmp_path / "b.json")]),
+                     (other_feats.main, ["extract", "--encoder", "efficientnet_lite0", "--videos", str(empty),
+                                         "--out", str(tmp_path / "o")])):
+        assert fn(argv) == 2  # was exit 0 with nothing done
+        assert capsys.readouterr().err.strip() == f"error: no video files (.mp4, .mkv, .webm, .avi, .mov) in {empty}"
+    assert not (tmp_path / "b.json").exists()
+    dup = tmp_path / "dup"
+    dup.mkdir()
+    shutil.copy(media["webm"], dup / "clip.webm")
+    shutil.copy(media["mkv"], dup / "clip.mkv")
+    assert extract.main(["--cfg-path", str(TINY), "--videos", str(dup), "--out", str(tmp_path / "f")]) == 2
+    assert "two videos have the id 'clip' (clip.mkv, clip.webm)" in capsys.readouterr().err
+    # an output that cannot be written is refused before any decoding
+    assert boundaries.main([*cfg, "--videos", str(dup), "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --out {tmp_path} is a directory; give the predictions JSON file to write"
+    (tmp_path / "afile").write_text("x")
+    assert extract.main(["--cfg-path", str(TINY), "--videos", str(media["dir"]), "--out", str(tmp_path / "afile")]) == 2
+    assert f"output folder {tmp_path / 'afile'} is not writable" in capsys.readouterr().err
+    assert other_feats.main(["extract", "--encoder", "efficientnet_lite0", "--videos", str(dup), "--out",
+                             str(tmp_path / "o"), "--fps", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --fps must be a number > 0, got 0.0"
+
+
+def test_json_with_a_key_twice_is_an_error(tmp_path, capsys):
+    """json.load keeps the last of two equal keys: a video listed twice lost its first boundaries, a
+    submission with an id twice was scored on the last entry, silently."""
+    from llmva_gebc.data.gebc import DataError, load_annotations
+
+    one = json.dumps({f"{VID_A}_0": {"Subject": "a", "Status_Before": "b", "Status_After": "c"}})[1:-1]
+    sub = tmp_path / "sub.json"
+    sub.write_text("{" + one + ", " + one + "}")
+    assert _evaluate(["--score", sub, "--annotations", SAMPLE_VAL]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {sub}: cannot read submission: DuplicateKeyError: key "
+                                               f"'{VID_A}_0' appears twice in one JSON object (the second would "
+                                               "silently replace the first)")
+    entries = json.dumps([{"boundary_id": f"{VID_A}_0", "timestamp": 1, "prev_timestamp": 0, "next_timestamp": 2,
+                           "label": "Multiple"}])
+    ann = tmp_path / "ann.json"
+    ann.write_text(f'{{"{VID_A}": {entries}, "{VID_A}": {entries}}}')
+    with pytest.raises(DataError, match=rf"annotation file {ann}: key '{VID_A}' appears twice"):
+        load_annotations(ann, with_captions=False)

@@ -280,3 +280,20 @@ def test_config_diff_names_the_differing_keys(tmp_path):
     b = load_config(REPO / "train_configs" / "tiny.yaml", ["model.llm.path=x", "model.adapter.hidden_size=64"])
     assert config_diff(tmp_path / "config.yaml", b) == ["model.adapter.hidden_size: checkpoint 32 vs config 64"]
     assert config_diff(tmp_path / "config.yaml", a) == []
+
+
+def test_unreadable_or_misplaced_paths_are_user_errors(tmp_path, capsys):
+    """A file the user may not read (chmod 000; root reads it anyway, so the error is raised here) and a
+    folder where a file is expected give the one error line, not a traceback."""
+    from llmva_gebc import cli
+
+    def unreadable(argv):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "ann.json"))
+
+    def folder(argv):
+        open(tmp_path)  # IsADirectoryError
+
+    assert cli.run(unreadable, []) == 2
+    assert capsys.readouterr().err.strip() == f"error: [Errno 13] Permission denied: '{tmp_path / 'ann.json'}'"
+    assert cli.run(folder, []) == 2
+    assert capsys.readouterr().err.strip() == f"error: [Errno 21] Is a directory: '{tmp_path}'"

@@ -42,3 +42,13 @@ def test_package_import_registers_everything():
     assert "runner_base" in RUNNERS
     with pytest.raises(KeyError, match="registered models: llmva_gebc"):
         MODELS.get("blip2_opt")
+
+
+def test_unknown_name_from_a_config_is_a_user_error_naming_the_key():
+    from llmva_gebc.errors import UserError
+    from llmva_gebc.registry import UnknownNameError
+
+    with pytest.raises(UnknownNameError) as e:
+        LR_SCHEDULERS.get("cosine")
+    assert isinstance(e.value, KeyError) and isinstance(e.value, UserError)  # one error line from every CLI
+    assert str(e.value).startswith("unknown lr scheduler 'cosine' (config key run.lr_sched); registered lr schedulers: ")

@@ -7,3 +7,14 @@ TYPES = ("subject", "status_before", "status_after")
 LABELS = (
     "Change of Action", "Change of Subject", "Change of Object Being Interacted", "Change of Color", "Multiple",
 )
+
+
+def caption_problem(value: object) -> "str | None":
+    """Why a reference caption cannot be one, or None: it must be a string with a visible character.
+    An empty or blank reference scores every prediction of its boundary 0 and trains the model to say
+    nothing, silently; the release has none. One rule for the dataset and for scoring."""
+    if not isinstance(value, str):
+        return f"must be a string, got {type(value).__name__} {value!r}"
+    if not value.strip():
+        return f"is empty or blank ({value!r}); a reference caption needs words"
+    return None

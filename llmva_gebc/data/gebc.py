@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from llmva_gebc.data import LABELS, TYPES  # noqa: F401  (re-exported)
+from llmva_gebc.data import LABELS, TYPES, caption_problem  # noqa: F401  (re-exported)
 from llmva_gebc.errors import UserError
 from llmva_gebc.registry import DATASETS
 from llmva_gebc.safe_pickle import load_pickle
@@ -130,23 +130,31 @@ def read_json(path: str | os.PathLike, what: str = "annotation") -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} file not found: {path}")
+    from llmva_gebc.fileio import DuplicateKeyError, unique_keys
+
     try:
         with open(path, "r", encoding="utf-8") as f:
-            return json.load(f)
+            return json.load(f, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as e:
         raise DataError(f"malformed JSON in {what} file {path}: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except DuplicateKeyError as e:
+        raise DataError(f"{what} file {path}: {e}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{what} file {path} is not UTF-8 text: {e}") from None
 
 
-def _number(value: Any, path: Path, bid: str, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise DataError(f"{path}: boundary '{bid}' key '{key}' must be a number, got {value!r}")
-    try:
-        x = float(value)
-    except ValueError:
-        raise DataError(f"{path}: boundary '{bid}' key '{key}' must be a number, got {value!r}") from None
+def _number(value: Any, path: Path, bid: str, key: str, what: str = "boundary") -> float:
+    """``value`` as a float: a JSON number (not a bool, not a string such as ``"2.5"``, which the release
+    never has and which would hide a broken export), finite; else ``DataError`` naming the file and key."""
+    where = f"boundary '{bid}' key '{key}'" if what == "boundary" else f"key '{bid}' (the video's duration)"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DataError(f"{path}: {where} must be a number of seconds, got {type(value).__name__} {value!r}")
+    x = float(value)
     if not math.isfinite(x):
-        raise DataError(f"{path}: boundary '{bid}' key '{key}' is not finite: {value!r}")
+        raise DataError(f"{path}: {where} is not finite: {value!r}")
     return x
+
+
 
 
 def load_annotations(path: str | os.PathLike, with_captions: bool) -> List[Dict[str, Any]]:
@@ -157,6 +165,9 @@ def load_annotations(path: str | os.PathLike, with_captions: bool) -> List[Dict[
         raise DataError(f"{path}: expected a JSON object {{youtube_id: [boundaries]}}, got {type(data).__name__}")
     out: List[Dict[str, Any]] = []
     seen = set()
+    if not any(isinstance(items, list) and items for items in data.values()):
+        raise DataError(f"{path}: no boundaries ({len(data)} video keys, none with a boundary); expected "
+                        "{youtube_id: [boundaries]}")
     for vid, items in data.items():
         if not isinstance(items, list):
             raise DataError(f"{path}: key '{vid}' must map to a list of boundaries, got {type(items).__name__}")
@@ -184,8 +195,9 @@ def load_annotations(path: str | os.PathLike, with_captions: bool) -> List[Dict[
             if with_captions:
                 refs = {}
                 for t in TYPES:
-                    if not isinstance(b[t], str):
-                        raise DataError(f"{path}: boundary '{bid}' key '{t}' must be a string, got {b[t]!r}")
+                    problem = caption_problem(b[t])
+                    if problem:
+                        raise DataError(f"{path}: boundary '{bid}' key '{t}' {problem}")
                     refs[t] = b[t]
             out.append({
                 "boundary_id": bid,
@@ -217,8 +229,9 @@ def load_feature_array(path: Path) -> np.ndarray:
         arr = np.asarray(obj)
     except Exception as e:  # corrupt, truncated or refused file: name it
         raise DataError(f"cannot read features file {path}: {type(e).__name__}: {e}") from None
-    if arr.dtype.kind not in "fiub":
-        raise DataError(f"features file {path} holds {type(obj).__name__} of dtype {arr.dtype}; expected a numeric array")
+    if arr.dtype.kind != "f":  # integers or booleans are no features (labels, indices, a mask saved by mistake)
+        raise DataError(f"features file {path} holds {type(obj).__name__} of dtype {arr.dtype}; expected a floating-point "
+                        "array (float16/float32/float64)")
     if arr.dtype.kind == "f":
         bad = ~np.isfinite(arr)
         if bad.any():
@@ -236,6 +249,8 @@ def check_q_tokens(arr: np.ndarray, path: Path, frames: Optional[int] = None, qu
     (``model.adapter.max_frame_pos``, the size of its frame position table).
     """
     exp = (frames or "T", queries or "Q", hidden or "H")
+    if arr.ndim == 3 and arr.shape[0] == 0:
+        raise DataError(f"features file {path} (key 'q_tokens') has T=0 frames, shape {tuple(arr.shape)}; re-extract it")
     if not (arr.ndim == 3 and all(isinstance(e, str) or e == g for e, g in zip(exp, arr.shape))):
         raise DataError(
             f"features file {path} (key 'q_tokens'): expected shape ({', '.join(map(str, exp))}), got {tuple(arr.shape)}"
@@ -338,7 +353,7 @@ class GEBCDataset(Dataset):
             vid = rec["video_id"]
             duration = video_info.get(vid)
             if duration is not None:
-                duration = _number(duration, Path(video_info_path), vid, vid)
+                duration = _number(duration, Path(video_info_path), vid, "duration", what="video")
                 if duration <= 0:
                     raise DataError(f"{video_info_path}: key '{vid}' has non-positive duration {duration}")
             available = duration is not None
@@ -558,5 +573,5 @@ def build_gebc(
 __all__ = [
     "TYPES", "LABELS", "DataError", "GEBCDataset", "build_gebc", "build_prompt", "reference_points",
     "resample_nearest", "load_annotations", "load_feature_array", "check_q_tokens", "boundary_time_problem",
-    "TIME_TOLERANCE", "video_id_of", "read_json", "resolve_path",
+    "TIME_TOLERANCE", "video_id_of", "read_json", "resolve_path", "caption_problem",
 ]

@@ -211,13 +211,22 @@ def _evaluator():
     return generate_predictions, score_captions, submission
 
 
+class MetricKeyError(KeyError, ConfigError):
+    """``run.best_metric`` names no metric of this validation (e.g. SPICE without its jars)."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
 def agg_metric(metrics: Dict[str, Any], key: str) -> float:
     """``agg_metrics`` = CIDEr + ROUGE_L (+ SPICE when computed), as the original sums its metrics;
     any other key is read from the metrics dict."""
     if key == "agg_metrics":
         return float(sum(metrics[k] for k in ("CIDEr", "ROUGE_L", "SPICE") if metrics.get(k) is not None))
     if metrics.get(key) is None:
-        raise KeyError(f"run.best_metric={key!r} is not among the validation metrics {sorted(metrics)}")
+        raise MetricKeyError(f"run.best_metric={key!r} is not among the validation metrics "
+                          f"{sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))} (SPICE and score "
+                          "need the SPICE jars); resume with another run.best_metric")
     return float(metrics[key])
 
 
@@ -285,6 +294,7 @@ class Runner:
         self.run_dir = run_dir_for(run, self.resume_dir)
         saved_cfg = self.run_dir / "config.yaml"
         self._saved_cfg = OmegaConf.load(saved_cfg) if self.resume_dir is not None and saved_cfg.is_file() else None
+        changed = self._check_resume_config(saved_cfg)
         dist.barrier()  # every rank has looked at the directory before rank 0 writes into it
         if self.main:
             if self.resume_dir is None and run.overwrite:
@@ -292,6 +302,9 @@ class Runner:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             check_writable_dir(self.run_dir, "run directory")  # before any work, not at the first save
             remove_stale_temporaries(self.run_dir)  # of saves interrupted by a kill
+            if changed:  # the run's first config is kept beside the one it continues with
+                k = 1 + sum(1 for _ in self.run_dir.glob("config.before_resume*.yaml"))
+                os.replace(saved_cfg, self.run_dir / f"config.before_resume{'' if k == 1 else k}.yaml")
             save_config(self.cfg, self.run_dir / "config.yaml")
             (self.run_dir / "env.json").write_text(json.dumps(env_info(), indent=1) + "\n")
             log.info("torch threads: %d%s", self.num_threads, "" if run.num_threads else
@@ -396,6 +409,30 @@ class Runner:
         self.best_epoch: Optional[int] = None
         self.skipped_steps = 0
         self.higher_is_better = True
+
+    # model.* keys that do not change what the trained weights mean (captioning and loading settings)
+    RESUME_FREE_MODEL_KEYS = ("model.generation.", "model.boundary_detector.", "model.checkpoint:",
+                              "model.allow_partial_load:")
+
+    def _check_resume_config(self, saved_path: Path) -> bool:
+        """On resume, compare this config with the run's own ``config.yaml``: a different model (another
+        LLM, dropout, encoder, ...) is refused before anything is written, since its weights would be
+        trained on as if nothing changed; other differences (``run.*``, ``datasets.*``) are listed in a
+        warning. Returns whether anything differs."""
+        if self._saved_cfg is None:
+            return False
+        model = [d for d in config_diff(self._saved_cfg, self.cfg, "model", limit=10**6)
+                 if not d.startswith(self.RESUME_FREE_MODEL_KEYS)]
+        if model:
+            raise ConfigError(f"run.resume: this config's model differs from the run's own ({saved_path}): "
+                              f"{'; '.join(model[:6])}{' ...' if len(model) > 6 else ''}; resume with that config "
+                              "(--cfg-path it; if only a path moved, edit it there) or start a new run")
+        other = [d for sec in ("model", "datasets", "run") for d in config_diff(self._saved_cfg, self.cfg, sec, limit=10**6)
+                 if d.split(":")[0] not in ("run.resume", "run.overwrite")]
+        if other and self.main:
+            log.warning("run.resume: continuing with a config that differs from the run's own (%s, kept as "
+                        "config.before_resume*.yaml): %s", saved_path, "; ".join(other[:8]) + (" ..." if len(other) > 8 else ""))
+        return bool(other)
 
     def _restore(self) -> None:
         st = self.resume_state

@@ -21,7 +21,9 @@ import re
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
+from llmva_gebc.data import caption_problem
 from llmva_gebc.errors import UserError
+from llmva_gebc.fileio import DuplicateKeyError, unique_keys
 from llmva_gebc.eval.metrics import SUBMISSION_KEYS, TYPES, _few, text_problem
 from llmva_gebc.safe_pickle import load_pickle
 
@@ -128,7 +130,7 @@ def load_submission(path: str | os.PathLike) -> dict:
     try:
         if suffix == ".json":
             with open(path, encoding="utf-8") as f:
-                sub = json.load(f)
+                sub = json.load(f, object_pairs_hook=unique_keys)
         elif suffix in (".pkl", ".pickle"):
             sub = load_pickle(path, "submission")
         else:
@@ -192,10 +194,12 @@ def load_annotations(path: str | os.PathLike) -> Dict[str, List[dict]]:
         raise SubmissionError(f"annotation file not found: {path}")
     try:
         with open(path, encoding="utf-8") as f:
-            ann = json.load(f)
+            ann = json.load(f, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as e:  # e.g. a truncated download
         raise SubmissionError(f"malformed JSON in annotation file {path}: {e.msg} at line {e.lineno} column {e.colno}"
                               ) from None
+    except DuplicateKeyError as e:
+        raise SubmissionError(f"annotation file {path}: {e}") from None
     except UnicodeDecodeError as e:
         raise SubmissionError(f"annotation file {path} is not UTF-8 text: {e}") from None
     if not isinstance(ann, dict) or not all(isinstance(v, list) for v in ann.values()):
@@ -204,6 +208,12 @@ def load_annotations(path: str | os.PathLike) -> Dict[str, List[dict]]:
         for b in bs:
             if not isinstance(b, dict) or "boundary_id" not in b:
                 raise SubmissionError(f"{path}: video {vid!r} has a boundary record without 'boundary_id'")
+            if not isinstance(b["boundary_id"], str):
+                raise SubmissionError(f"{path}: video {vid!r} has a 'boundary_id' that is not a string: "
+                                      f"{b['boundary_id']!r}")
+    if not any(ann.values()):
+        raise SubmissionError(f"{path}: no boundaries ({len(ann)} video keys, none with a boundary); expected "
+                              "{youtube_id: [boundary, ...]}")
     return ann
 
 
@@ -231,9 +241,15 @@ def references_from_boundaries(boundaries: Sequence[Mapping], where: str = "") -
     if bad_text:
         raise SubmissionError(f"{where}{len(bad_text)} reference captions are not valid text: "
                               f"{_few(bad_text, 3, quote=False)}")
+    blank = [f"{b['boundary_id']!r} ({t} {b[t]!r})" for b in boundaries for t in TYPES if caption_problem(b[t])]
+    if blank:  # would score every prediction of those boundaries 0
+        raise SubmissionError(f"{where}{len(blank)} reference captions are empty or blank (a reference needs words): "
+                              f"{_few(blank, 3, quote=False)}")
     refs = {b["boundary_id"]: {SUBMISSION_KEYS[t]: b[t] for t in TYPES} for b in boundaries}
     if len(refs) != len(boundaries):
-        raise SubmissionError(f"{where}duplicate boundary ids in the annotations")
+        ids = [b["boundary_id"] for b in boundaries]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise SubmissionError(f"{where}duplicate boundary ids in the annotations: {_few(dup)}")
     return refs
 
 

@@ -167,6 +167,10 @@ def add(name: str, b: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         raise DeltaError(f"tensor '{name}': expected floating-point weights, got {b.dtype} + {d.dtype}")
     out = d.clone()  # (rows_d, ...)
     out[: b.shape[0]] += b.to(d.dtype)
+    if not bool(torch.isfinite(out).all()):  # a NaN/inf in either (a corrupt download) would pass into Vicuna
+        which = [w for w, t in (("base", b), ("delta", d)) if not bool(torch.isfinite(t).all())] or ["sum"]
+        raise DeltaError(f"tensor '{name}': non-finite values (NaN/inf) in the {' and the '.join(which)}; re-download "
+                         "it (nothing was written)")
     return out
 
 
@@ -212,7 +216,9 @@ def apply_delta(base_dir: str | os.PathLike, delta_dir: str | os.PathLike, targe
     added = _tokenizer_growth(base_dir, delta_dir) if check_tokenizer else None
     names = plan(base, delta, added)
     max_bytes = parse_size(max_shard_size) if isinstance(max_shard_size, str) else int(max_shard_size)
-    target.mkdir(parents=True, exist_ok=True)
+    from llmva_gebc.fileio import check_writable_dir
+
+    check_writable_dir(target, "--target folder")  # a file there, a read-only disk: before any tensor is added
     from safetensors.torch import save_file
 
     # Written under temporary names, then renamed once all are complete: a crash leaves no weights.

@@ -109,18 +109,37 @@ def save_trainable(model, path: str | os.PathLike, metadata: Dict[str, str] | No
     return atomic_write_bytes(p, save(sd, metadata={"format": "llmva_gebc", **(metadata or {})}))
 
 
+def check_weights(sd: Dict[str, object], path: str | os.PathLike) -> Dict[str, torch.Tensor]:
+    """Raise :class:`CheckpointReadError` naming ``path`` and the first offending key unless every value of
+    ``sd`` is a floating-point tensor of finite values (the trainable part is all weights: an integer or
+    boolean tensor would be cast silently on load, a NaN would silently give empty captions)."""
+    for k, v in sd.items():
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointReadError(f"{path}: '{k}' is a {type(v).__name__}, not a tensor; expected a state dict "
+                                      "of weight tensors")
+        if not v.is_floating_point():
+            raise CheckpointReadError(f"{path}: tensor '{k}' has dtype {v.dtype}; weights are floating point "
+                                      "(float32/float16/bfloat16)")
+        bad = int((~torch.isfinite(v)).sum())
+        if bad:
+            raise CheckpointReadError(f"{path}: tensor '{k}' holds {bad} non-finite values (NaN/inf) of {v.numel()}; "
+                                      "was it saved from a diverged run? use another checkpoint")
+    return sd  # type: ignore[return-value]
+
+
 def read_state_dict(path: str | os.PathLike) -> Tuple[Dict[str, torch.Tensor], str]:
-    """Read a checkpoint of the trainable part, ours or an original; returns (our-keyed sd, kind)."""
+    """Read a checkpoint of the trainable part, ours or an original; returns (our-keyed sd, kind).
+    Every tensor is checked by :func:`check_weights`."""
     p = _resolve(path)
     if p.suffix == ".safetensors":
-        return read_safetensors(p), "llmva_gebc"
+        return check_weights(read_safetensors(p), p), "llmva_gebc"
     sd = _state_dict_of(read_torch_file(p), p)
     if any(k.startswith("adapter.") for k in sd):  # ours, saved as .pth
-        return sd, "llmva_gebc"
+        return check_weights(sd, p), "llmva_gebc"
     converted, ignored = keymaps.adapter_from_original(sd)
     if ignored:
         log.info("%s: ignored %d keys that are not part of the adapter (e.g. %s)", p, len(ignored), ignored[:3])
-    return converted, "original"
+    return check_weights(converted, p), "original"
 
 
 def _state_dict_of(obj, p: Path) -> Dict[str, torch.Tensor]:
@@ -178,6 +197,7 @@ def convert_original(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     converted, ignored = keymaps.adapter_from_original(sd)
     if not converted:
         raise UserError(f"{p}: no adapter keys found (keys start with {sorted({k.split('.')[0] for k in sd})[:10]})")
+    check_weights(converted, p)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dst = out / WEIGHTS_NAME
