@@ -480,6 +480,11 @@ def check_values(cfg: DictConfig, source: str = "the config", options: Sequence[
                 given = any(str(o).split("=", 1)[0].strip() == full or full.startswith(str(o).split("=", 1)[0].strip() + ".")
                             for o in options or [])
                 raise ConfigError(f"config key '{full}' {problem}, got {value!r} (in {'--options' if given else source})")
+    g = cfg.model.generation
+    if isinstance(g.min_length, int) and isinstance(g.max_length, int) and g.min_length > g.max_length:
+        # EOS would be forbidden at every step: every caption runs to max_length, silently
+        raise ConfigError(f"config key 'model.generation.min_length' ({g.min_length}) must be <= "
+                          f"model.generation.max_length ({g.max_length}) (in {source} or --options)")
 
 
 def check_resolved(cfg: DictConfig, required: Sequence[str] = ()) -> None:

@@ -766,3 +766,23 @@ def test_json_with_a_key_twice_is_an_error(tmp_path, capsys):
     ann.write_text(f'{{"{VID_A}": {entries}, "{VID_A}": {entries}}}')
     with pytest.raises(DataError, match=rf"annotation file {ann}: key '{VID_A}' appears twice"):
         load_annotations(ann, with_captions=False)
+
+
+def test_settings_that_cannot_work_together_are_user_errors(tiny_cfg_factory, tmp_path):
+    """Raised as plain ValueErrors before (a traceback, exit 1); now one error line from every CLI."""
+    from llmva_gebc.data.collate import collate_gebc
+    from llmva_gebc.data.gebc import build_gebc
+    from llmva_gebc.errors import UserError
+    from llmva_gebc.models import build_model
+
+    with pytest.raises(UserError, match=r"model\.adapter\.hidden_size \(64\) must equal the image Q-Former width"):
+        build_model(tiny_cfg_factory("opt", "model.adapter.hidden_size=64").model)
+    feats = tmp_path / "feats"
+    feats.mkdir()
+    np.save(feats / f"{VID_A}.npy", np.zeros((4, 2, 8), np.float32))
+    np.save(feats / f"{VID_B}.npy", np.zeros((6, 2, 8), np.float32))  # extracted with another num_frames
+    ann = _ann(tmp_path, "val.json", {VID_A: [(f"{VID_A}_0", 0, 1, 2)], VID_B: [(f"{VID_B}_0", 0, 1, 2)]})
+    ds = build_gebc(_gebc_cfg(tmp_path, {"val": ann}, feats, {VID_A: 5.0, VID_B: 5.0}), "val", training=False)
+    with pytest.raises(UserError, match=rf"key 'q_tokens' has different shapes in one batch \({VID_A}_0: \(4, 2, 8\), "
+                                        rf".*{VID_B}_0: \(6, 2, 8\).*every features file must have the same T"):
+        collate_gebc([ds[0], ds[3]])

@@ -106,6 +106,9 @@ def test_values_out_of_range_in_a_file_and_every_shipped_config_passes(tmp_path)
         load_config(bad)
     for path in sorted((REPO / "train_configs").glob("*.yaml")) + sorted((REPO / "eval_configs").glob("*.yaml")):
         load_config(path)  # every shipped value is in range
+    # EOS forbidden for longer than a caption may be: every caption would run to max_length
+    with pytest.raises(ConfigError, match=r"'model.generation.min_length' \(50\) must be <= model.generation.max_length \(13\)"):
+        load_config(REPO / "train_configs/tiny.yaml", ["model.generation.min_length=50"])
     # null means "unset" where the schema allows it; unresolved interpolations are left to check_resolved
     cfg = load_config(REPO / "train_configs/tiny.yaml", ["run.max_steps=null", "run.grad_clip=null"])
     assert cfg.run.max_steps is None and cfg.run.grad_clip is None

@@ -9,6 +9,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from llmva_gebc.errors import UserError
+
 
 def collate_gebc(samples: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     """List of sample dicts -> batch dict: tensors (B, ...), strings/None/floats as lists of length B."""
@@ -27,7 +29,9 @@ def collate_gebc(samples: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
             shapes = {tuple(v.shape) for v in values}
             if len(shapes) != 1:
                 detail = ", ".join(f"{s.get('boundary_id')}: {tuple(s[key].shape)}" for s in samples[:8])
-                raise ValueError(f"collate_gebc: key '{key}' has different shapes in one batch ({detail})")
+                hint = ("; every features file must have the same T (extract them with one "
+                        "datasets.<name>.vis_processor.num_frames)" if key == "q_tokens" else "")
+                raise UserError(f"key '{key}' has different shapes in one batch ({detail}){hint}")
             batch[key] = torch.stack(values, 0)  # (B, ...)
         else:
             batch[key] = values

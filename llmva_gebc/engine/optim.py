@@ -43,7 +43,9 @@ def build_optimizer(named_params: Iterable[Tuple[str, nn.Parameter]], lr: float,
     default implementation otherwise; True/False force it (the same update either way)."""
     b = tuple(float(x) for x in betas)
     if len(b) != 2:
-        raise ValueError(f"run.betas must have two values, got {list(betas)}")
+        from llmva_gebc.config import ConfigError
+
+        raise ConfigError(f"run.betas must have two values, got {list(betas)}")
     groups = param_groups(named_params, weight_decay)
     if fused is None:
         fused = all(p.device.type == "cuda" for g in groups for p in g["params"])

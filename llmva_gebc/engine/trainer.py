@@ -359,7 +359,7 @@ class Runner:
         apply_run_options(model, run)  # share_prefix(+_attention), gradient_checkpointing, compile
         ratios = getattr(train_ds, "sample_ratios", None)
         if ratios is not None and getattr(model, "share_prefix", False):
-            raise ValueError("run.share_prefix cannot be combined with datasets.<name>.sample_ratio "
+            raise ConfigError("run.share_prefix cannot be combined with datasets.<name>.sample_ratio "
                              f"(set for {getattr(train_ds, 'names', '?')}); unset one of them")
         if ratios is not None:
             # One dataset per batch, in proportion to the ratios (Video-LLaMA's sample_ratio).

@@ -45,7 +45,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from llmva_gebc.config import GenerationConfig
+from llmva_gebc.config import ConfigError, GenerationConfig
 from llmva_gebc.models.shared_prefix import _call_kwargs, build_layout
 from llmva_gebc.models.shared_prefix import _left_pad as left_pad
 
@@ -88,16 +88,16 @@ class DecodeSettings(GenerationConfig):
         s = replace(s, num_beams=int(s.num_beams), max_length=int(s.max_length), min_length=int(s.min_length),
                     repetition_penalty=float(s.repetition_penalty), length_penalty=float(s.length_penalty))
         if s.num_beams < 1:
-            raise ValueError(f"generation num_beams must be >= 1, got {s.num_beams}")
+            raise ConfigError(f"generation num_beams must be >= 1, got {s.num_beams}")
         if s.max_length < 2:
-            raise ValueError(f"generation max_length must be >= 2 (it counts the dummy start column), got {s.max_length}")
+            raise ConfigError(f"generation max_length must be >= 2 (it counts the dummy start column), got {s.max_length}")
         if s.repetition_penalty <= 0:
-            raise ValueError(f"generation repetition_penalty must be > 0, got {s.repetition_penalty}")
+            raise ConfigError(f"generation repetition_penalty must be > 0, got {s.repetition_penalty}")
         if s.compile:
-            raise ValueError("model.generation.compile: true is not supported by this version (no compiled decode "
+            raise ConfigError("model.generation.compile: true is not supported by this version (no compiled decode "
                              "step yet); set it to false")
         if s.backend not in BACKENDS:
-            raise ValueError(f"generation backend must be one of {BACKENDS}, got {s.backend!r}")
+            raise ConfigError(f"generation backend must be one of {BACKENDS}, got {s.backend!r}")
         return s
 
 

@@ -15,7 +15,9 @@ def resolve_dtype(name: str, device: torch.device | str | None = None, what: str
     try:
         dtype = _DTYPES[str(name).lower()]
     except KeyError:
-        raise ValueError(f"{what} must be one of {sorted(_DTYPES)}, got {name!r}") from None
+        from llmva_gebc.config import ConfigError
+
+        raise ConfigError(f"{what} must be one of {sorted(_DTYPES)}, got {name!r}") from None
     if dtype == torch.float16 and torch.device(device or "cpu").type == "cpu":
         log.info("%s=fp16 on CPU: using fp32", what)
         return torch.float32

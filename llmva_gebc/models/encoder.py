@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from transformers import Blip2QFormerConfig, Blip2QFormerModel, Blip2VisionConfig, Blip2VisionModel
 
+from llmva_gebc.config import ConfigError
 from llmva_gebc.models import keymaps
 from llmva_gebc.models.dtypes import resolve_dtype
 
@@ -174,16 +175,16 @@ def build_encoder(cfg, device: Optional[torch.device | str] = None) -> FrozenIma
     """
     if cfg.weights == "hf":
         if not cfg.hf_dir:
-            raise ValueError("model.encoder.weights=hf needs model.encoder.hf_dir")
+            raise ConfigError("model.encoder.weights=hf needs model.encoder.hf_dir")
         vcfg, qcfg, nq = hf_blip2_configs(cfg.hf_dir)
     else:
         vcfg = _vision_config(cfg.vision)
         qcfg = _qformer_config(cfg.qformer, encoder_hidden_size=cfg.vision.hidden_size)
         nq = cfg.num_query_tokens
     if cfg.weights not in ("none", "lavis", "hf"):
-        raise ValueError(f"model.encoder.weights must be one of none, lavis, hf; got {cfg.weights!r}")
+        raise ConfigError(f"model.encoder.weights must be one of none, lavis, hf; got {cfg.weights!r}")
     if cfg.weights == "lavis" and not (cfg.eva_vit_path and cfg.qformer_path):
-        raise ValueError("model.encoder.weights=lavis needs model.encoder.eva_vit_path and model.encoder.qformer_path")
+        raise ConfigError("model.encoder.weights=lavis needs model.encoder.eva_vit_path and model.encoder.qformer_path")
     device = torch.device(device if device is not None else "cpu")
     dtype = resolve_dtype(cfg.precision, device, what="model.encoder.precision")
     if cfg.weights == "none":

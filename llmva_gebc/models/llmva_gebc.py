@@ -28,6 +28,7 @@ from llmva_gebc.models.adapter import GEBCAdapter
 from llmva_gebc.models.decoding import DecodeSettings
 from llmva_gebc.models.dtypes import resolve_dtype
 from llmva_gebc.models import shared_prefix as sp
+from llmva_gebc.config import ConfigError
 from llmva_gebc.registry import MODELS
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,8 @@ class LLMVAGEBC(nn.Module):
         DecodeSettings.build(self.generation)  # a bad model.generation fails here, not at the first caption
         eos = tokenizer.eos_token_id
         if eos is None:
-            raise ValueError("the LLM tokenizer has no eos_token; set one in its tokenizer_config.json")
+            raise ConfigError("the LLM tokenizer (model.llm.path / tokenizer_path) has no eos_token; set one in its "
+                              "tokenizer_config.json")
         self.eos_id = eos
         self.bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
         self._text_cache: Dict[str, List[int]] = {}
@@ -156,7 +158,7 @@ class LLMVAGEBC(nn.Module):
             self.share_prefix_mode = mode
         if attention is not None:
             if attention not in sp.ATTENTION_KERNELS:
-                raise ValueError(f"run.share_prefix_attention must be one of {sp.ATTENTION_KERNELS}, got {attention!r}")
+                raise ConfigError(f"run.share_prefix_attention must be one of {sp.ATTENTION_KERNELS}, got {attention!r}")
             self.packed_attention = attention
         why = sp.supports_shared_prefix(self.llm) if enabled else None
         if why is not None:
@@ -171,7 +173,7 @@ class LLMVAGEBC(nn.Module):
         if share_prefix and not self.share_prefix:
             why = sp.supports_shared_prefix(self.llm)
             if why is not None:
-                raise ValueError(f"share_prefix=True is not possible with this LLM: {why}")
+                raise ConfigError(f"run.share_prefix=true is not possible with this LLM: {why}")
         return bool(share_prefix)
 
     # ------------------------------------------------------------------ text
@@ -328,7 +330,7 @@ def build_llmva_gebc(mcfg, device: Optional[torch.device | str] = None) -> LLMVA
     """Build the captioner from ``model:`` config; loads ``model.checkpoint`` if set."""
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if mcfg.encoder.weights != "hf" and mcfg.encoder.qformer.hidden_size != mcfg.adapter.hidden_size:
-        raise ValueError(
+        raise ConfigError(
             f"model.adapter.hidden_size ({mcfg.adapter.hidden_size}) must equal the image Q-Former width "
             f"model.encoder.qformer.hidden_size ({mcfg.encoder.qformer.hidden_size}): the adapter reads its tokens")
     llm, tokenizer = load_llm(mcfg.llm.path, resolve_dtype(mcfg.llm.dtype, dev, "model.llm.dtype"),

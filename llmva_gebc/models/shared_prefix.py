@@ -56,6 +56,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
+
+def _config_error(msg: str) -> ValueError:
+    """A ``ConfigError`` (a ``ValueError``; one error line from the command lines) for a setting that cannot work."""
+    from llmva_gebc.config import ConfigError
+
+    return ConfigError(msg)
+
 MODES = ("cache", "packed")
 ATTENTION_KERNELS = ("auto", "dense", "flex")
 DEFAULT_MODE = "packed"  # measured faster: ~1.65x vs ~1.4x the unshared samples/s at base size (docstring)
@@ -222,15 +229,15 @@ def packed_attention_kernel(requested: str, device, grad: bool = True) -> str:
     ValueError for an unknown name, and for flex on a CPU when gradients are needed (torch 2.13's
     flex_attention has no CPU backward)."""
     if requested not in ATTENTION_KERNELS:
-        raise ValueError(f"packed attention must be one of {ATTENTION_KERNELS}, got {requested!r}")
+        raise _config_error(f"packed attention (run.share_prefix_attention) must be one of {ATTENTION_KERNELS}, got {requested!r}")
     cuda = torch.device(device).type == "cuda"
     if requested == "auto":
         return "flex" if cuda and flex_available() else "dense"
     if requested == "flex":
         if not flex_available():
-            raise ValueError("packed attention 'flex' needs torch.nn.attention.flex_attention (torch >= 2.5)")
+            raise _config_error("packed attention 'flex' needs torch.nn.attention.flex_attention (torch >= 2.5)")
         if grad and not cuda:
-            raise ValueError(f"packed attention 'flex' cannot train on {torch.device(device).type}: "
+            raise _config_error(f"packed attention 'flex' cannot train on {torch.device(device).type}: "
                              "flex_attention has no backward there in this torch; use 'dense' or 'auto'")
     return requested
 
