@@ -298,11 +298,17 @@ def _read_yaml(path: Path, chain: Sequence[Path] = ()) -> DictConfig:
         raise ConfigError(f"cannot parse config {path}: {e}") from e
     if not isinstance(raw, DictConfig):
         raise ConfigError(f"config {path} must be a mapping at top level")
+    plain = OmegaConf.to_container(raw, resolve=False)
+    for section in ("model", "datasets", "run"):
+        if plain.get(section) is not None and not isinstance(plain[section], dict):
+            raise ConfigError(f"config {path}: section '{section}' must be a mapping, got {plain[section]!r}")
     bases = raw.pop("base", None)
     if bases is None:
         return raw
     if isinstance(bases, str):
         bases = [bases]
+    if not isinstance(bases, ListConfig) and not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"config {path}: 'base' must be a file name or a list of file names, got {bases!r}")
     merged = OmegaConf.create()
     for b in bases:
         bpath = (path.parent / str(b)).resolve()
@@ -532,7 +538,7 @@ def _hint(cfg: DictConfig, key: str, path: str) -> str:
 def check_inputs(cfg: DictConfig, splits: Sequence[str]) -> None:
     """Raise :class:`ConfigError` naming the key, the path and how to make it when ``model.llm.path`` or a
     dataset input of ``splits`` (annotation file, ``video_info``, ``features_dir``) does not exist."""
-    check_resolved(cfg)
+    check_resolved(cfg, ["model.llm.path"])
     checks = [("model.llm.path", cfg.model.llm.path, True)]
     for name, ds in cfg.datasets.items():
         root = ds.root

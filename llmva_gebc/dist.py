@@ -417,9 +417,12 @@ class EpochBatchSampler(torch.utils.data.Sampler):
         per_rank = -(-num_samples // world_size)
         self.batches_per_epoch = per_rank // batch_size
         if self.batches_per_epoch == 0:
-            raise ValueError(
+            from llmva_gebc.errors import UserError
+
+            raise UserError(
                 f"the training set has {num_samples} samples, fewer than batch_size ({batch_size}) x "
-                f"world_size ({world_size}); lower run.batch_size_train")
+                f"world_size ({world_size}); " + ("lower run.batch_size_train" if num_samples else
+                                                  "no boundary has its features or video (see the warning above)"))
 
     @property
     def samples_per_batch(self) -> int:

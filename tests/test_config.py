@@ -112,3 +112,17 @@ def test_values_out_of_range_in_a_file_and_every_shipped_config_passes(tmp_path)
     # null means "unset" where the schema allows it; unresolved interpolations are left to check_resolved
     cfg = load_config(REPO / "train_configs/tiny.yaml", ["run.max_steps=null", "run.grad_clip=null"])
     assert cfg.run.max_steps is None and cfg.run.grad_clip is None
+
+
+def test_malformed_config_files_are_one_line_errors(tmp_path):
+    """Tracebacks before (a TypeError, an omegaconf MissingMandatoryValue) or a message naming key 'None'."""
+    from llmva_gebc.config import check_inputs
+
+    cases = [("base: 5\n", r"'base' must be a file name or a list of file names, got 5"),
+             ("model: [1, 2]\n", r"section 'model' must be a mapping, got \[1, 2\]")]
+    for i, (text, needle) in enumerate(cases):
+        with pytest.raises(ConfigError, match=needle):
+            load_config(_write(tmp_path / f"c{i}.yaml", text))
+    empty = load_config(_write(tmp_path / "empty.yaml", ""))
+    with pytest.raises(ConfigError, match=r"config key 'model.llm.path' must be set"):
+        check_inputs(empty, ["train"])
