@@ -583,6 +583,9 @@ def test_annotation_values_that_were_coerced_or_used_silently(tmp_path):
     # an empty or blank reference caption trained the model to say nothing and scored 0
     bad("blank.json", lambda b: b.update(status_before="  "), rf"blank\.json: boundary '{VID_A}_0' key 'status_before' is "
                                                               r"empty or blank \('  '\)")
+    # an empty label made the prompt "This video describes the ."
+    bad("label.json", lambda b: b.update(label=" "), rf"boundary '{VID_A}_0' key 'label' must be a GEBC label such as "
+                                                     r"'Change of Action', got ' '")
     # a file without boundaries gave an empty split: training on nothing, a submission of nothing
     for name, data in (("empty.json", {}), ("nolists.json", {VID_A: [], VID_B: []})):
         (tmp_path / name).write_text(json.dumps(data))

@@ -134,3 +134,22 @@ def test_detector_features_from_a_frame_encoder(tmp_path):
     with pytest.raises(ValueError, match=r"features must be one of qformer, pixels or a frame encoder \(.*"
                                          r"efficientnet_lite0.*\), got 'resnet'"):
         BoundaryDetector(bad)
+
+
+def test_cli_refuses_what_scored_zero_or_one_second_silently(tmp_path, capsys):
+    (tmp_path / "ann.json").write_text(json.dumps(ANN))
+    (tmp_path / "info.json").write_text(json.dumps(INFO))
+    (tmp_path / "pred.json").write_text(json.dumps({"v1": [2.0]}))
+    args = ["--pred", str(tmp_path / "pred.json"), "--video-info", str(tmp_path / "info.json")]
+    (tmp_path / "empty.json").write_text("{}")
+    (tmp_path / "list.json").write_text("[]")
+    (tmp_path / "bool.json").write_text(json.dumps({"v1": True, "v2": 10.0}))  # True was a 1-second clip
+    for argv, needle in ((["--annotations", str(tmp_path / "ann.json"), "--rel-dis", "0"], "--rel-dis must be a fraction"),
+                         (["--annotations", str(tmp_path / "empty.json")], "no boundaries to score against"),
+                         (["--annotations", str(tmp_path / "ann.json"), "--video-info", str(tmp_path / "list.json")],
+                          "expected a JSON object {video_id: duration}, got list"),
+                         (["--annotations", str(tmp_path / "ann.json"), "--video-info", str(tmp_path / "bool.json")],
+                          "no positive duration for video 'v1' (got True)")):
+        assert gebd_main([*args, *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and needle in err and len(err.splitlines()) == 1, err

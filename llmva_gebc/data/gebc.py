@@ -187,8 +187,9 @@ def load_annotations(path: str | os.PathLike, with_captions: bool) -> List[Dict[
             if bid in seen:
                 raise DataError(f"{path}: duplicate boundary_id '{bid}'")
             seen.add(bid)
-            if not isinstance(b["label"], str):
-                raise DataError(f"{path}: boundary '{bid}' key 'label' must be a string, got {b['label']!r}")
+            if not isinstance(b["label"], str) or not b["label"].strip():  # the prompt names it
+                raise DataError(f"{path}: boundary '{bid}' key 'label' must be a GEBC label such as 'Change of Action', "
+                                f"got {b['label']!r}")
             if b["label"] not in LABELS:
                 logger.warning("%s: boundary '%s' has an unusual label %r", path, bid, b["label"])
             refs = None

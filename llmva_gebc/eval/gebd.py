@@ -72,7 +72,7 @@ def score_boundaries(predictions: Mapping[str, Sequence[float]], annotations: Ma
 
     for vid, bounds in annotations.items():
         dur = durations.get(vid)
-        if dur is None or not (isinstance(dur, (int, float)) and dur > 0):
+        if dur is None or isinstance(dur, bool) or not (isinstance(dur, (int, float)) and math.isfinite(dur) and dur > 0):
             raise ValueError(f"video_info has no positive duration for video '{vid}' (got {dur!r})")
         gt = [float(b["timestamp"]) for b in bounds]
         labels = [str(b.get("label") or "unlabelled") for b in bounds]
@@ -144,15 +144,22 @@ def _main(argv: Sequence[str]) -> int:
     a = p.parse_args(argv)
     cli.setup_logging(a.debug, level=logging.WARNING)
     try:
+        if not (math.isfinite(a.rel_dis) and 0 < a.rel_dis <= 1):
+            raise ValueError(f"--rel-dis must be a fraction of the duration in (0, 1], got {a.rel_dis}")
         preds = read_predictions(a.pred)
         anns = read_json(a.annotations, "annotations")
         if not isinstance(anns, dict) or not all(isinstance(v, list) for v in anns.values()):
             raise ValueError(f"{a.annotations}: expected {{video_id: [boundary, ...]}} (Kinetics-GEBC format)")
+        if not any(anns.values()):
+            raise ValueError(f"{a.annotations}: no boundaries to score against")
         for vid, bs in anns.items():
             for i, b in enumerate(bs):
-                if not isinstance(b, dict) or not isinstance(b.get("timestamp"), (int, float)):
+                if not isinstance(b, dict) or isinstance(b.get("timestamp"), bool) or \
+                        not isinstance(b.get("timestamp"), (int, float)):
                     raise ValueError(f"{a.annotations}: video '{vid}' boundary {i} has no numeric 'timestamp'")
         info = read_json(a.video_info, "video_info")
+        if not isinstance(info, dict):
+            raise ValueError(f"{a.video_info}: expected a JSON object {{video_id: duration}}, got {type(info).__name__}")
         res = score_boundaries(preds, anns, info, a.rel_dis)
     except (ValueError, DataError, FileNotFoundError) as e:
         raise UserError(one_line(e)) from e  # one line, exit 2 (cli.run)
