@@ -297,3 +297,27 @@ def test_unreadable_or_misplaced_paths_are_user_errors(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"error: [Errno 13] Permission denied: '{tmp_path / 'ann.json'}'"
     assert cli.run(folder, []) == 2
     assert capsys.readouterr().err.strip() == f"error: [Errno 21] Is a directory: '{tmp_path}'"
+
+
+def test_resume_with_another_model_is_refused_and_other_changes_are_listed(tiny_cfg_factory, feats_dir,  # noqa: F811
+                                                                          tmp_path, caplog):
+    """Before: a resume whose config changed the model (here the dropout; also another LLM of the same width)
+    trained on silently, and the run's config.yaml was overwritten by the new one."""
+    from llmva_gebc.config import ConfigError
+    from llmva_gebc.engine.trainer import train
+
+    opts = tiny_options(feats_dir, tmp_path, "run.valid_splits=[]", "run.test_splits=[]", "run.run_name=r")
+    run_dir = train(tiny_cfg_factory("opt", *opts, "run.max_steps=1"))
+    first = (run_dir / "config.yaml").read_text()
+    last = run_dir / "checkpoint_last"
+    with pytest.raises(ConfigError, match=r"run.resume: this config's model differs from the run's own .*config.yaml\): "
+                                          r"model.adapter.hidden_dropout_prob: checkpoint 0.1 vs config 0.3"):
+        train(tiny_cfg_factory("opt", *opts, "run.max_steps=2", "model.adapter.hidden_dropout_prob=0.3",
+                               f"run.resume={last}"))
+    assert (run_dir / "config.yaml").read_text() == first and _steps(run_dir) == [1]  # nothing written
+    with caplog.at_level(logging.WARNING, logger="llmva_gebc.train"):
+        train(tiny_cfg_factory("opt", *opts, "run.max_steps=2", "run.init_lr=0.002", f"run.resume={last}"))
+    assert _steps(run_dir) == [1, 2]
+    warned = [r.getMessage() for r in caplog.records if "run.resume: continuing with a config" in r.getMessage()]
+    assert warned and "run.init_lr: checkpoint 0.001 vs config 0.002" in warned[0] and "run.max_steps" in warned[0]
+    assert (run_dir / "config.before_resume.yaml").read_text() == first  # the run's first config is kept
