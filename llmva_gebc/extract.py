@@ -190,13 +190,21 @@ def extract_features(
     def flush() -> None:
         if not pending:
             return
-        frames = torch.cat([f for _, f in pending])  # (sum T, 3, S, S)
         try:
+            # Videos whose frames have one shape are encoded together; frames of another shape (a
+            # processor that keeps each video's own size) go through in their own batches.
+            runs: List[torch.Tensor] = []
+            for _, f in pending:
+                if runs and runs[-1].shape[1:] == f.shape[1:]:
+                    runs[-1] = torch.cat([runs[-1], f])
+                else:
+                    runs.append(f)
             outs = []
-            for i in range(0, len(frames), batch_size):
-                x = frames[i : i + batch_size].to(device=encoder.device, dtype=encoder.dtype)
-                with torch.no_grad():
-                    outs.append(encoder(x).float().cpu())  # (n, Q, H)
+            for frames in runs:  # (n_frames, 3, S, S)
+                for i in range(0, len(frames), batch_size):
+                    x = frames[i : i + batch_size].to(device=encoder.device, dtype=encoder.dtype)
+                    with torch.no_grad():
+                        outs.append(encoder(x).float().cpu())  # (n, Q, H)
             tokens = torch.cat(outs)  # (sum T, Q, H)
         except Exception as e:  # e.g. out of memory: these videos fail, the run goes on
             for vid, _ in pending:

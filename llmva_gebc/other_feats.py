@@ -28,6 +28,7 @@ non-finite values; exit status 0 when all is well, 2 otherwise.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -72,10 +73,18 @@ def read_at_rate(path: str | os.PathLike, fps: float) -> np.ndarray:
     return read_frames(path, num_steps(n, vfps, fps))
 
 
-def to_unit(frames) -> torch.Tensor:
-    """uint8 (T, H, W, 3) -> float32 (T, 3, H, W) in [0, 1]: what frame encoders take."""
+def to_unit(frames, image_size: Optional[int] = None) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> float32 (T, 3, S, S) in [0, 1]: what frame encoders take.
+
+    ``image_size``: resize to (S, S) here (bilinear, as the encoders' own resize), so that videos of
+    different sizes can share an encoder batch; None keeps (H, W)."""
+    import torch.nn.functional as F
+
     x = torch.from_numpy(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else frames
-    return x.permute(0, 3, 1, 2).float().div(255.0).contiguous()
+    x = x.permute(0, 3, 1, 2).float().div(255.0).contiguous()  # (T, 3, H, W)
+    if image_size is not None and tuple(x.shape[-2:]) != (image_size, image_size):
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    return x
 
 
 def extract_other_features(encoder: torch.nn.Module, video_paths: Sequence[str | os.PathLike],
@@ -88,7 +97,9 @@ def extract_other_features(encoder: torch.nn.Module, video_paths: Sequence[str |
     """
     from llmva_gebc.extract import extract_features
 
-    return extract_features(encoder, video_paths, out_dir, to_unit, num_frames=0, batch_size=batch_size,
+    size = getattr(encoder, "image_size", None)
+    return extract_features(encoder, video_paths, out_dir, functools.partial(to_unit, image_size=size),
+                            num_frames=0, batch_size=batch_size,
                             read=lambda p: read_at_rate(p, fps), **kw)
 
 
@@ -199,7 +210,8 @@ def _extract_main(a: argparse.Namespace) -> int:
         kw["path"] = a.path
     encoder = build_frame_encoder(a.encoder, **kw)
     rep = extract_other_features(encoder, list_videos(a.videos, a.list), a.out, fps=a.fps, batch_size=a.batch_size,
-                                 overwrite=a.overwrite, save_dtype=a.save_dtype, progress=not a.no_progress)
+                                 overwrite=a.overwrite, save_dtype=a.save_dtype,
+                                 progress=not a.no_progress and cli.progress_enabled())
     secs = max(rep["seconds"], 1e-9)
     print(f"extract {a.encoder} (dim {encoder.dim}): {rep['extracted']} extracted, {rep['skipped']} skipped, "
           f"{len(rep['failed'])} failed of {rep['videos']} in {rep['seconds']:.1f}s ({rep['frames'] / secs:.1f} "

@@ -172,3 +172,37 @@ def test_check_from_config(data, tmp_path, capsys, monkeypatch):
     assert main(["check", "--cfg-path", str(cfg), "--split", "val"]) == 0
     assert "datasets.gebc.other_feats.clip" in capsys.readouterr().out
     assert main(["check", "--cfg-path", str(cfg), "--split", "train"]) == 2
+
+
+def _write_clip(path: Path, n: int, h: int, w: int, fps: int = 8) -> Path:
+    import av
+
+    rng = np.random.default_rng(h * w)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=fps, options={"preset": "veryfast", "threads": "1", "bf": "0"})
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        for _ in range(n):
+            for p in s.encode(av.VideoFrame.from_ndarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def test_extract_videos_of_different_sizes_in_one_batch(effnet, tmp_path, capsys):
+    """Real clips differ in size: frames are resized to the encoder's input before they share a batch."""
+    vids = tmp_path / "videos"
+    vids.mkdir()
+    _write_clip(vids / "small.mp4", 8, 48, 64)
+    _write_clip(vids / "large.mp4", 8, 80, 96)
+    out = tmp_path / "feats"
+    args = ["extract", "--encoder", "efficientnet_lite0", "--videos", str(vids), "--out", str(out),
+            "--fps", "4", "--image-size", "64", "--no-progress", "--batch-size", "64"]
+    assert main(args) == 0
+    assert "2 extracted, 0 skipped, 0 failed" in capsys.readouterr().out
+    for vid in ("small", "large"):
+        arr = np.load(out / f"{vid}.npy")
+        frames = read_frames(vids / f"{vid}.mp4", len(arr))
+        with torch.no_grad():
+            want = effnet(to_unit(frames)).numpy()  # each video alone, resized by the encoder
+        assert arr.shape == (4, 1280) and np.allclose(arr, want, atol=1e-5)
