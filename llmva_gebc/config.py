@@ -620,9 +620,9 @@ def pick_dataset(cfg, name: Optional[str] = None) -> Tuple[Optional[str], Any]:
             return n, d
     return next(iter(cfg.datasets.items()), (None, None))
 
-def add_config_args(parser) -> None:
+def add_config_args(parser, cfg_help: str = "YAML config (may name a `base:`)", required: bool = True) -> None:
     """The CLI flags every entry point shares: ``--cfg-path`` and ``--options``/``--cfg-options``."""
-    parser.add_argument("--cfg-path", required=True, help="YAML config (may name a `base:`)")
+    parser.add_argument("--cfg-path", required=required, default=None, help=cfg_help)
     parser.add_argument(
         "--options", "--cfg-options", dest="options", nargs="+", default=[], metavar="KEY=VALUE",
         help="override config keys, e.g. run.max_epoch=1 model.llm.dtype=fp32",

@@ -321,3 +321,32 @@ def test_resume_with_another_model_is_refused_and_other_changes_are_listed(tiny_
     warned = [r.getMessage() for r in caplog.records if "run.resume: continuing with a config" in r.getMessage()]
     assert warned and "run.init_lr: checkpoint 0.001 vs config 0.002" in warned[0] and "run.max_steps" in warned[0]
     assert (run_dir / "config.before_resume.yaml").read_text() == first  # the run's first config is kept
+
+
+def test_resume_without_cfg_path_continues_with_the_runs_own_config(tiny_cfg_factory, feats_dir, tmp_path,  # noqa: F811
+                                                                   caplog, monkeypatch):
+    """``train.py --resume DIR`` alone reuses DIR's config.yaml (the first run's --options included), so a
+    resume does not fall back to the YAML file's defaults; a schedule change is warned about."""
+    import importlib
+
+    from llmva_gebc.engine.trainer import train
+
+    opts = tiny_options(feats_dir, tmp_path, "run.valid_splits=[]", "run.test_splits=[]", "run.run_name=r")
+    run_dir = train(tiny_cfg_factory("opt", *opts, "run.max_steps=2", "run.batch_size_train=4"))
+    first = (run_dir / "config.yaml").read_text()
+    monkeypatch.syspath_prepend(str(REPO))
+    train_py = importlib.import_module("train")
+    with caplog.at_level(logging.WARNING, logger="llmva_gebc.train"):
+        assert train_py.main(["--resume", str(run_dir), "--options", "run.max_steps=3"]) == 0
+    assert _steps(run_dir) == [1, 2, 3]
+    from omegaconf import OmegaConf
+
+    assert OmegaConf.load(run_dir / "config.yaml").run.batch_size_train == 4  # not tiny.yaml's 8
+    assert (run_dir / "config.before_resume.yaml").read_text() == first
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any("run.max_steps: checkpoint 2 vs config 3" in m for m in msgs)
+    assert any("run.max_steps changed: the learning-rate schedule is recomputed" in m for m in msgs)
+    assert not any("batch size" in m for m in msgs)  # same batch size as the run: no remap warning
+    # no --cfg-path and no --resume: one error line naming both ways
+    assert train_py.main([]) == 2
+    assert train_py.main(["--resume", str(tmp_path / "nowhere")]) == 2

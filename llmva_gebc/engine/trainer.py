@@ -432,7 +432,17 @@ class Runner:
         if other and self.main:
             log.warning("run.resume: continuing with a config that differs from the run's own (%s, kept as "
                         "config.before_resume*.yaml): %s", saved_path, "; ".join(other[:8]) + (" ..." if len(other) > 8 else ""))
+            sched = sorted({d.split(":")[0] for d in other if d.split(":")[0] in self.SCHEDULE_KEYS})
+            if sched:
+                log.warning("run.resume: %s changed: the learning-rate schedule is recomputed for the new settings "
+                            "(the global step is kept), so the learning rate can jump at the resume point instead "
+                            "of continuing the run's own curve", ", ".join(sched))
         return bool(other)
+
+    # run.* keys that define the learning-rate schedule (its length, shape or values)
+    SCHEDULE_KEYS = ("run.max_epoch", "run.max_steps", "run.warmup_steps", "run.lr_sched", "run.init_lr",
+                     "run.min_lr", "run.warmup_lr", "run.lr_decay_rate", "run.batch_size_train",
+                     "run.accum_grad_iters")
 
     def _restore(self) -> None:
         st = self.resume_state
