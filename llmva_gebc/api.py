@@ -262,8 +262,12 @@ class Captioner:
             path = next((of["dir"] / f"{video_id}{e}" for e in (".npy", ".pkl") if (of["dir"] / f"{video_id}{e}").is_file()),
                         None)
             if path is None:
-                raise CaptionError(f"this model needs other features '{of['name']}' but {of['dir']} has no "
-                                   f"{video_id}.npy/.pkl (extract them first)")
+                raise CaptionError(
+                    f"this model needs other features '{of['name']}' (dim {of['dim']}) but {of['dir']} has no "
+                    f"{video_id}.npy/.pkl: extract them with the encoder and settings the model was trained on, "
+                    f"e.g. python -m llmva_gebc.other_feats extract --encoder efficientnet_lite0 --videos "
+                    f"<folder of the video> --out {of['dir']} --fps 4 --image-size 96 --grid 2 (the demo's), or "
+                    f"point the dataset's other_feats dir for '{of['name']}' at a folder that has them (--options)")
             arr = load_feature_array(path)
             if arr.ndim != 2 or arr.shape[1] != of["dim"]:
                 raise DataError(f"other features file {path}: expected (t, {of['dim']}), got {tuple(arr.shape)}")

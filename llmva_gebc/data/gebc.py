@@ -254,7 +254,10 @@ def check_q_tokens(arr: np.ndarray, path: Path, frames: Optional[int] = None, qu
         raise DataError(f"features file {path} (key 'q_tokens') has T=0 frames, shape {tuple(arr.shape)}; re-extract it")
     if not (arr.ndim == 3 and all(isinstance(e, str) or e == g for e, g in zip(exp, arr.shape))):
         raise DataError(
-            f"features file {path} (key 'q_tokens'): expected shape ({', '.join(map(str, exp))}), got {tuple(arr.shape)}"
+            f"features file {path} (key 'q_tokens'): expected shape ({', '.join(map(str, exp))}), got "
+            f"{tuple(arr.shape)} (Q = model.encoder.num_query_tokens, H = its Q-Former's hidden size): the folder "
+            "holds another encoder's features; point the dataset's features_dir elsewhere or re-extract them for "
+            "this config (python -m llmva_gebc.extract --cfg-path CFG --overwrite ...)"
         )
     if max_frames is not None and arr.shape[0] > max_frames:
         raise DataError(f"features file {path} has T={arr.shape[0]} frames but the model takes at most "
@@ -427,7 +430,9 @@ class GEBCDataset(Dataset):
         arr = load_feature_array(path)
         if arr.ndim != 2 or arr.shape[1] != of["dim"] or arr.shape[0] < 1:
             raise DataError(
-                f"other features file {path} (key '{of['name']}'): expected shape (t, {of['dim']}), got {tuple(arr.shape)}"
+                f"other features file {path} (key '{of['name']}'): expected shape (t, {of['dim']}), got "
+                f"{tuple(arr.shape)} (model.adapter.other_feats dim); re-extract them "
+                "(python -m llmva_gebc.other_feats extract ...) or fix the configured dim"
             )
         return resample_nearest(arr, self.max_seq_len).astype(np.float32)  # (S, d)
 
