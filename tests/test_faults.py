@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -192,6 +193,26 @@ def test_truncated_checkpoints_name_the_file(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["convert", str(listed), str(tmp_path / "conv")]) == 2
     assert capsys.readouterr().err == f"error: {listed}: expected a state dict or {{'model': state_dict}}, got list\n"
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.5, 0.99])
+def test_a_cut_or_random_pth_is_called_truncated_or_corrupt(tmp_path, capsys, fraction):
+    """Whatever torch.load trips on (an OSError 'Invalid argument', a zip error, the unpickler), the line
+    says the file is truncated or corrupt and never relays torch's advice to retry with weights_only=False."""
+    from llmva_gebc.models.checkpoint import main
+
+    good = tmp_path / "good.pth"
+    torch.save({"adapter.w": torch.randn(10000)}, good)
+    data = good.read_bytes()
+    cut, rnd = tmp_path / "cut.pth", tmp_path / "random.pth"
+    cut.write_bytes(data[:int(len(data) * fraction)])
+    rnd.write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    for bad in (cut, rnd):
+        assert main(["convert", str(bad), str(tmp_path / "conv")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: ") and str(bad) in err and err.count("\n") == 1
+        assert "truncated or corrupt" in err or "not a weights-only torch checkpoint" in err
+        assert "weights_only set to False" not in err
 
 
 # ------------------------------------------------------------------------------------ full disk, read-only

@@ -18,6 +18,7 @@ CLI: ``python -m llmva_gebc.models.checkpoint convert ORIGINAL.pth OUT_DIR`` wri
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -79,10 +80,18 @@ def read_torch_file(path: str | os.PathLike, map_location="cpu"):
     except FileNotFoundError:
         raise
     except OSError as e:
-        raise CheckpointReadError(f"cannot read {path}: {e.strerror or e}") from e
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EISDIR):
+            raise CheckpointReadError(f"cannot read {path}: {e.strerror or e}") from e
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        raise CheckpointReadError(f"checkpoint {path} is truncated or corrupt ({size} bytes; torch.load: "
+                                  f"{e.strerror or e}); use another copy of it") from e
     except Exception as e:
         what = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "zip" in what or "archive" in what or "EOF" in what or "central directory" in what:
+        if "weights_only" in str(e) or "Unpickler" in str(e):
+            # torch's advice to retry with weights_only=False is not ours to follow for a user's file
+            what = ("not a weights-only torch checkpoint: truncated, corrupt, or holding Python objects other "
+                    "than tensors and plain containers (never unpickled here)")
+        elif "zip" in what or "archive" in what or "EOF" in what or "central directory" in what:
             what = f"truncated or corrupt ({what})"
         raise CheckpointReadError(f"cannot read {path} with torch.load(weights_only=True): {what}") from e
 
