@@ -315,7 +315,8 @@ class Captioner:
             label = canonical_label(self.boundary_detector.settings["label"])
             label_src = "default (model.boundary_detector.label)"
         times = [b["timestamp"] for b in det["boundaries"]]
-        rows = self.caption(video_path, times, labels=[label], duration=det["duration"], use_cache=use_cache)
+        rows = self.caption(video_path, times, labels=[label], duration=det["duration"], use_cache=use_cache,
+                            _duration_source=det["duration_source"])
         for r, b in zip(rows, det["boundaries"]):
             r.update(score=b["score"], boundary_source="auto", label_source=label_src)
         return rows
@@ -380,7 +381,7 @@ class Captioner:
 
     def caption(self, video_path: str | os.PathLike, boundaries: Sequence[BoundarySpec],
                 labels: Optional[Sequence[str]] = None, duration: Optional[float] = None,
-                use_cache: bool = True) -> List[Dict[str, Any]]:
+                use_cache: bool = True, _duration_source: str = "given") -> List[Dict[str, Any]]:
         """Caption ``boundaries`` (seconds, or annotation entries) of a video file.
 
         ``labels``: one per boundary or one for all (default: an entry's own label, else
@@ -397,7 +398,7 @@ class Captioner:
                 raise VideoDecodeError(f"video file not found: {video_path}"
                                        + (f" (and no cached features {self.features_dir / (vid + '.npy')})"
                                           if self.features_dir is not None else ""))
-        src = "given"
+        src = _duration_source  # how the caller got ``duration`` (caption_auto: the detector's source)
         if duration is None:
             duration, src = self.duration_of(video_path)
         # check the timestamps before the (possibly slow) decoding and encoding

@@ -123,6 +123,20 @@ def test_boundaries_auto_detects_then_captions(clip, capsys):
     assert {r["label"] for r in rows} == {"Change of Action"}
     assert {r["label_source"] for r in rows} == {"default (model.boundary_detector.label)"}
     assert all(r["boundary_source"] == "auto" and 0 < r["score"] <= 1 for r in rows)
+    # the duration's source is the detector's (not "given": the user gave none)
+    import logging
+
+    logging.getLogger("llmva_gebc.api").setLevel(logging.INFO)
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda rec: seen.append(rec.getMessage())
+    logging.getLogger("llmva_gebc.api").addHandler(handler)
+    try:
+        cap.caption_auto(video)
+    finally:
+        logging.getLogger("llmva_gebc.api").removeHandler(handler)
+    said = [m for m in seen if ": duration " in m]
+    assert said and f"({det['duration_source']})" in said[-1] and "(given)" not in said[-1]
     # the captions are those of the same timestamps given by hand
     assert cap.caption(video, [r["boundary"] for r in rows]) == [
         {k: v for k, v in r.items() if k not in ("score", "boundary_source", "label_source")} for r in rows]

@@ -168,11 +168,11 @@ def load_trainable(model, path: str | os.PathLike, allow_partial: bool = False) 
     own = dict(model.trainable_parameters())
     missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
     if missing or unexpected:
-        msg = (f"checkpoint {path} ({kind}) does not match the model's trainable part:\n"
-               f"  missing ({len(missing)}): {missing}\n  unexpected ({len(unexpected)}): {unexpected}")
+        msg = (f"checkpoint {path} ({kind}) does not match the model's trainable part: "
+               f"missing ({len(missing)}): {missing}; unexpected ({len(unexpected)}): {unexpected}")
         if not allow_partial or unexpected:
             raise CheckpointMismatchError(
-                msg + ("\n  set model.allow_partial_load: true to start from a partial checkpoint "
+                msg + ("; set model.allow_partial_load: true to start from a partial checkpoint "
                        "(e.g. Video-LLaMA weights, which have no boundary embedding)" if not unexpected else ""))
         log.warning("partial load (model.allow_partial_load): %s", msg)
     check_shapes(own, sd, where=f"checkpoint {path} ({kind}) does not fit the model: ")
