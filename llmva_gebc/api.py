@@ -216,7 +216,10 @@ class Captioner:
     def video_info(self) -> Dict[str, float]:
         if self._video_info is None:
             p = self.video_info_path
-            self._video_info = dict(read_json(p, "video_info")) if p is not None and p.is_file() else {}
+            info = read_json(p, "video_info") if p is not None and p.is_file() else {}
+            if not isinstance(info, dict):
+                raise CaptionError(f"{p}: expected a JSON object {{youtube_id: duration}}, got {type(info).__name__}")
+            self._video_info = info
         return self._video_info
 
     def duration_of(self, video_path: str | os.PathLike) -> Tuple[float, str]:
@@ -224,6 +227,9 @@ class Captioner:
         vid = Path(video_path).stem
         info = self.video_info()
         if vid in info and info[vid] is not None:
+            if not _is_number(info[vid]):  # a string or a bool (True would be a 1-second clip)
+                raise CaptionError(f"{self.video_info_path}: key '{vid}' (the video's duration) must be a number of "
+                                   f"seconds, got {type(info[vid]).__name__} {info[vid]!r}")
             return float(info[vid]), f"video_info {self.video_info_path}"
         probe = probe_video(video_path)
         if probe.shortfall():  # say so in a boundary error: the frames past the cut do not exist

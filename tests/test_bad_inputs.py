@@ -684,7 +684,7 @@ def test_checkpoint_values_that_are_no_weights_are_errors(tmp_path, tiny_cfg, ca
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
-def test_caption_api_checks_what_it_is_given(captioner):
+def test_caption_api_checks_what_it_is_given(captioner, media, tmp_path):
     from llmva_gebc.api import CaptionError, Captioner
 
     model, _, _ = captioner
@@ -707,6 +707,12 @@ def test_caption_api_checks_what_it_is_given(captioner):
         model.caption_features(q, [0.5], True)
     with pytest.raises(CaptionError, match=r"batch_size \(--batch-size\) must be >= 1, got 0"):  # was: the config's
         Captioner(model.cfg, model.model, batch_size=0)
+    vi = tmp_path / "vi.json"
+    for data, needle in (({"rec": True}, r"key 'rec' \(the video's duration\) must be a number of seconds, got bool"),
+                         ([["rec", 3.0]], r"expected a JSON object \{youtube_id: duration\}, got list")):
+        vi.write_text(json.dumps(data))  # True was a 1-second clip; a list of pairs was read as a dict
+        with pytest.raises(CaptionError, match=needle):
+            Captioner(model.cfg, model.model, video_info=str(vi)).caption(media["webm"], [0.5])
 
 
 def test_caption_cli_device_and_batch_size(captioner, media, capsys):
