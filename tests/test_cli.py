@@ -350,3 +350,24 @@ def test_resume_without_cfg_path_continues_with_the_runs_own_config(tiny_cfg_fac
     # no --cfg-path and no --resume: one error line naming both ways
     assert train_py.main([]) == 2
     assert train_py.main(["--resume", str(tmp_path / "nowhere")]) == 2
+
+
+def test_a_nan_loss_from_huge_features_is_one_error_line(tiny_llm_dirs, feats_dir, tmp_path, capfd):  # noqa: F811
+    """Features of huge (finite) values make the loss NaN: a traceback and exit 1 before; now the one line
+    naming the step and the boundaries, exit 2."""
+    import numpy as np
+
+    huge = tmp_path / "huge"
+    huge.mkdir()
+    for f in feats_dir.glob("*.npy"):
+        np.save(huge / f.name, np.load(f) * 1e30)
+    sys.path.insert(0, str(REPO))
+    try:
+        import train
+    finally:
+        sys.path.pop(0)
+    opts = tiny_options(huge, tmp_path / "out", "run.valid_splits=[]", "run.test_splits=[]", "run.max_steps=2",
+                        f"model.llm.path={tiny_llm_dirs['opt']}")
+    capfd.readouterr()
+    rc = train.main(["--cfg-path", str(REPO / "train_configs" / "tiny.yaml"), "--options", *opts])
+    _one_error_line(rc, capfd.readouterr().err, "non-finite training loss at global step 0", "run.nan_policy=skip")

@@ -50,8 +50,10 @@ log = logging.getLogger("llmva_gebc.train")
 PLAIN_LOG_SECONDS = 30.0  # without a terminal (no progress bar): one training log line at most this often
 
 
-class NonFiniteLossError(FloatingPointError):
-    """A NaN/inf training loss with ``run.nan_policy=stop``."""
+class NonFiniteLossError(FloatingPointError, UserError):
+    """A NaN/inf training loss with ``run.nan_policy=stop``: the data (features of huge values), the learning
+    rate or ``run.amp``, not a bug; the message names the step and the batch's boundary ids (one error line,
+    exit 2; ``checkpoint_last/`` holds the last good weights)."""
 
 
 # ------------------------------------------------------------------------------------ helpers
