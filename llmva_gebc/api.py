@@ -140,7 +140,13 @@ def _is_number(x: Any) -> bool:
 
 
 def _device_of(name: Optional[str], cfg) -> torch.device:
-    want = str(name or cfg.run.device)
+    return parse_device(name or cfg.run.device)
+
+
+def parse_device(want: Any) -> torch.device:
+    """``--device`` / ``run.device`` (auto, cpu, cuda, cuda:N) as a torch device; ``CaptionError`` (a user
+    error) for anything else, or for CUDA on a machine without it. Shared by every command line."""
+    want = str(want)
     if want == "auto":
         want = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -456,5 +462,5 @@ def load(cfg_path, ckpt: Optional[str | os.PathLike] = None, options: Optional[S
     return Captioner(cfg, model, **captioner_kwargs)
 
 
-__all__ = ["load", "Captioner", "CaptionError", "resolve_boundaries", "probe_duration", "canonical_label",
+__all__ = ["load", "Captioner", "CaptionError", "parse_device", "resolve_boundaries", "probe_duration", "canonical_label",
            "DEFAULT_LABEL"]

@@ -280,7 +280,9 @@ def _main(argv: Sequence[str]) -> int:
     check_writable_dir(out.parent, "--out folder")  # before the (long) detection
     try:
         cfg = load_config(a.cfg_path, a.options)
-        det = BoundaryDetector(cfg, a.dataset, device=a.device)
+        from llmva_gebc.api import parse_device
+
+        det = BoundaryDetector(cfg, a.dataset, device=parse_device(a.device))
         preds: Dict[str, List[float]] = {}
         for v in list_videos(a.videos, a.list):
             preds[Path(v).stem] = det(v, probe_duration(v))["timestamps"]

@@ -297,9 +297,9 @@ def _main(argv: Sequence[str]) -> int:
     num_frames = int(proc_cfg.num_frames) if proc_cfg is not None else 12
     if proc_cfg is not None and proc_cfg.sampling != "uniform":
         logger.warning("vis_processor.sampling=%s ignored: per-video features use uniform sampling", proc_cfg.sampling)
-    device = a.device or cfg.run.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    from llmva_gebc.api import parse_device
+
+    device = parse_device(a.device or cfg.run.device)  # a user error for 'tpu', or cuda without CUDA
     if a.batch_size < 1 or a.num_workers < 0:
         p.error("--batch-size must be >= 1 and --num-workers >= 0")
     if a.precision is not None:

@@ -201,7 +201,10 @@ def _extract_main(a: argparse.Namespace) -> int:
         if not ok:
             raise UserError(f"{flag} must be {'a number > 0' if flag == '--fps' else 'an integer >= 1'}, got {value!r}")
 
-    kw: Dict[str, Any] = {"device": a.device, "dtype": a.dtype}
+    from llmva_gebc import cli
+    from llmva_gebc.api import parse_device
+
+    kw: Dict[str, Any] = {"device": parse_device(a.device), "dtype": a.dtype}
     if a.encoder == "efficientnet_lite0":
         kw.update(grid=a.grid, image_size=a.image_size or 224)
         if a.path:

@@ -795,3 +795,25 @@ def test_settings_that_cannot_work_together_are_user_errors(tiny_cfg_factory, tm
     with pytest.raises(UserError, match=rf"key 'q_tokens' has different shapes in one batch \({VID_A}_0: \(4, 2, 8\), "
                                         rf".*{VID_B}_0: \(6, 2, 8\).*every features file must have the same T"):
         collate_gebc([ds[0], ds[3]])
+
+
+def test_device_names_and_other_feature_extraction_without_no_progress(tmp_path, media, capsys):
+    import shutil
+
+    from llmva_gebc import boundaries, extract, other_feats
+
+    vids = tmp_path / "v"
+    vids.mkdir()
+    shutil.copy(media["mkv"], vids / "cam.mkv")
+    cfg = ["--cfg-path", str(TINY), "--options", "model.boundary_detector.features=pixels"]
+    for fn, argv in ((extract.main, ["--cfg-path", str(TINY), "--videos", str(vids), "--out", str(tmp_path / "f")]),
+                     (boundaries.main, [*cfg, "--videos", str(vids), "--out", str(tmp_path / "b.json")]),
+                     (other_feats.main, ["extract", "--encoder", "efficientnet_lite0", "--videos", str(vids),
+                                         "--out", str(tmp_path / "o")])):
+        assert fn([*argv, "--device", "tpu"]) == 2  # was a RuntimeError traceback from torch.device
+        assert capsys.readouterr().err.strip() == ("error: device 'tpu' (--device or run.device) is not a device; "
+                                                   "expected cpu, cuda or cuda:N")
+    # without --no-progress (the default off a terminal): was a NameError
+    assert other_feats.main(["extract", "--encoder", "efficientnet_lite0", "--image-size", "64", "--videos", str(vids),
+                             "--out", str(tmp_path / "o")]) == 0
+    assert np.load(tmp_path / "o" / "cam.npy").shape[1] == 1280
