@@ -309,6 +309,8 @@ class Captioner:
         src = "given"
         if duration is None:
             duration, src = self.duration_of(video_path)
+        elif not (_is_number(duration) and math.isfinite(duration) and duration > 0):
+            raise CaptionError(f"the clip duration (--duration) must be a positive number of seconds, got {duration!r}")
         det = self.boundary_detector
         res = det(video_path, float(duration))
         return {"video_id": video_path.stem, "duration": float(duration), "duration_source": src,

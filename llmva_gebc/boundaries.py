@@ -285,7 +285,12 @@ def _main(argv: Sequence[str]) -> int:
         det = BoundaryDetector(cfg, a.dataset, device=parse_device(a.device))
         preds: Dict[str, List[float]] = {}
         for v in list_videos(a.videos, a.list):
-            preds[Path(v).stem] = det(v, probe_duration(v))["timestamps"]
+            try:
+                preds[Path(v).stem] = det(v, probe_duration(v))["timestamps"]
+            except ValueError as e:  # e.g. a clip whose frames carry no time (duration 0): name the video
+                if isinstance(e, UserError):
+                    raise
+                raise UserError(f"{v}: {one_line(e)}") from e
     except (VideoDecodeError, ConfigError, FileNotFoundError, KeyError, ValueError) as e:
         raise UserError(one_line(e)) from e  # one line, exit 2 (cli.run)
     atomic_write_bytes(out, (json.dumps(preds, indent=1) + "\n").encode("utf-8"))

@@ -705,6 +705,8 @@ def test_caption_api_checks_what_it_is_given(captioner, media, tmp_path):
             model.caption_features(q, spec, 5.0)
     with pytest.raises(CaptionError, match=r"clip duration must be a positive number of seconds, got True"):
         model.caption_features(q, [0.5], True)
+    with pytest.raises(CaptionError, match=r"clip duration \(--duration\) must be a positive number of seconds, got 0"):
+        model.detect_boundaries(media["webm"], duration=0)  # was a ValueError traceback from the detector
     with pytest.raises(CaptionError, match=r"batch_size \(--batch-size\) must be >= 1, got 0"):  # was: the config's
         Captioner(model.cfg, model.model, batch_size=0)
     vi = tmp_path / "vi.json"
