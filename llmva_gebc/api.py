@@ -126,9 +126,15 @@ def resolve_boundaries(boundaries: Sequence[BoundarySpec], duration: float, labe
         if problem:
             raise CaptionError(f"boundary '{bid}' at {t:g} s{where}: {problem}")
         # a label the caller chose must be one of the five; an annotation entry's label is used as is
+        if not isinstance(bid, str) or not bid:
+            raise CaptionError(f"boundary {i}: boundary_id must be a non-empty string, got {bid!r}")
+        if any(o["boundary_id"] == bid for o in out):  # two rows of one id: a submission would keep one
+            raise CaptionError(f"duplicate boundary_id '{bid}'")
         label = canonical_label(labels[i]) if labels is not None else s.get("label") or DEFAULT_LABEL
         if not isinstance(label, str):
             raise CaptionError(f"boundary '{bid}': label must be a string, got {type(label).__name__} {label!r}")
+        if label not in LABELS:  # as the dataset does for an annotation file's labels
+            log.warning("boundary '%s' has an unusual label %r (not one of the five GEBC labels)", bid, label)
         out.append({"boundary_id": bid, "timestamp": t, "prev_timestamp": prev, "next_timestamp": nxt,
                     "label": str(label)})
     return out

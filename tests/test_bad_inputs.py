@@ -700,6 +700,9 @@ def test_caption_api_checks_what_it_is_given(captioner, media, tmp_path):
                          (["1.5"], r"got str '1\.5'"),
                          ([{"timestamp": 1.0, "label": 7}], r"label must be a string, got int 7"),  # was "7" in the prompt
                          ([{"timestamp": 1.0, "prev_timestamp": True}], r"prev/next timestamps must be numbers"),
+                         ([{"timestamp": 1.0, "boundary_id": 5}], r"boundary_id must be a non-empty string, got 5"),
+                         ([{"timestamp": 1.0, "boundary_id": "a"}, {"timestamp": 2.0, "boundary_id": "a"}],
+                          r"duplicate boundary_id 'a'"),
                          (1.0, r"boundaries must be a non-empty list")):
         with pytest.raises(CaptionError, match=needle):
             model.caption_features(q, spec, 5.0)
