@@ -677,6 +677,13 @@ def test_checkpoint_values_that_are_no_weights_are_errors(tmp_path, tiny_cfg, ca
         with pytest.raises(CheckpointReadError, match=rf"{p}: {needle}"):
             load_trainable(model, p)
         assert torch.equal(dict(model.trainable_parameters())[k0].detach(), before)  # nothing loaded
+    # our own weights saved as .pth: converted as they are (every key became 'adapter.adapter.*' before)
+    ours = _state_dict_file(tmp_path, "ours.pth", sd)
+    assert main(["convert", str(ours), str(tmp_path / "ours")]) == 0
+    from safetensors.torch import load_file
+
+    assert sorted(load_file(str(tmp_path / "ours" / "model.safetensors"))) == sorted(sd)
+    load_trainable(model, tmp_path / "ours")
     p = tmp_path / "orig.pth"
     torch.save({"model": {"llama_proj.weight": torch.ones(3, 3, dtype=torch.int32)}}, p)
     assert main(["convert", str(p), str(tmp_path / "out")]) == 2

@@ -203,7 +203,10 @@ def convert_original(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Convert an original ``.pth`` to ``OUT/model.safetensors`` (+ ``conversion.json`` listing ignored keys)."""
     p = _resolve(src)
     sd = _state_dict_of(read_torch_file(p), p)
-    converted, ignored = keymaps.adapter_from_original(sd)
+    if any(k.startswith("adapter.") for k in sd):  # ours saved as .pth (read_state_dict's rule): keys as they are
+        converted, ignored = dict(sd), []  # (mapped again, every key became 'adapter.adapter.*', silently)
+    else:
+        converted, ignored = keymaps.adapter_from_original(sd)
     if not converted:
         raise UserError(f"{p}: no adapter keys found (keys start with {sorted({k.split('.')[0] for k in sd})[:10]})")
     check_weights(converted, p)
