@@ -829,3 +829,19 @@ def test_device_names_and_other_feature_extraction_without_no_progress(tmp_path,
     assert other_feats.main(["extract", "--encoder", "efficientnet_lite0", "--image-size", "64", "--videos", str(vids),
                              "--out", str(tmp_path / "o")]) == 0
     assert np.load(tmp_path / "o" / "cam.npy").shape[1] == 1280
+
+
+def test_a_broken_time_base_is_an_error_not_a_2048_second_clip(media, tmp_path, captioner, capsys):
+    """An MP4 whose video timescale is 0 (a broken muxer): PyAV decodes its timestamps as 2048 s for a
+    4 s clip, and the caption CLI used that duration for every reference point, silently."""
+    data = bytearray((media["dir"] / "faststart_full.mp4").read_bytes())
+    i = data.index(b"mdhd")
+    data[i + 16:i + 20] = bytes(4)  # mdhd (version 0): size, type, version+flags, ctime, mtime, then the timescale
+    bad = tmp_path / "zero_timescale.mp4"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(VideoDecodeError, match=r"has broken timestamps: its \d+ decoded frames span \d+\.\d\d s but its "
+                                               r"header declares .*4\.00 s"):
+        probe_video(bad)
+    _, args, _ = captioner
+    rc, _, err = run_caption_cli([bad, *args, "--boundaries", "1"], capsys)
+    assert rc == 2 and "has broken timestamps" in err.strip().splitlines()[-1]

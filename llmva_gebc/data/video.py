@@ -112,6 +112,17 @@ class DecodedVideo:
         return (f"video {self.path} is truncated or corrupt: {self.frames} frames ({self.duration:.2f} s) decode but "
                 f"its header declares {self.declared()}" + (f" (decoder: {self.error})" if self.error else ""))
 
+    def overrun(self) -> Optional[str]:
+        """A message when the decoded timestamps span clearly MORE than the header's duration (more than
+        ``max(0.5 s, TRUNCATION_TOLERANCE * declared)`` over), else None: a broken time base (e.g. a zero
+        timescale) makes durations, frame times and so every boundary's reference point wrong."""
+        if not self.declared_duration or self.duration - self.declared_duration <= max(
+                0.5, TRUNCATION_TOLERANCE * self.declared_duration):
+            return None
+        return (f"video {self.path} has broken timestamps: its {self.frames} decoded frames span {self.duration:.2f} s "
+                f"but its header declares {self.declared()} (a zero or wrong time base?); re-encode it "
+                "(e.g. ffmpeg -i IN -c:v libx264 OUT.mp4)")
+
     def declared(self) -> str:
         """The header's claims in words, e.g. ``"48 frames, 4.00 s"``."""
         parts = [f"{self.declared_frames} frames" if self.declared_frames else "",
@@ -187,6 +198,8 @@ def probe_video(path: str | os.PathLike) -> DecodedVideo:
     if info.frames == 0:
         raise VideoDecodeError(f"cannot decode video {path}: no frame decodes"
                                + (f" ({info.error})" if info.error else ""))
+    if info.overrun():  # a duration from broken timestamps would be used silently
+        raise VideoDecodeError(info.overrun())
     return info
 
 
@@ -203,9 +216,12 @@ def _read_decord(path: str, num_frames: int, sampling: str, boundary, window) ->
         with av.open(path, metadata_errors="ignore") as container:
             declared = _declared(container) if container.streams.video else (None, None)
         start, end = vr.get_frame_timestamp(0)[0], vr.get_frame_timestamp(n - 1)[1]
-        short = DecodedVideo(path, n, float(end - start), fps or None, *declared).shortfall()
+        info = DecodedVideo(path, n, float(end - start), fps or None, *declared)
+        short = info.shortfall()
         if short:
             raise TruncatedVideoError(short)
+        if info.overrun():
+            raise TruncatedVideoError(info.overrun())  # both backends read the same header: final
     idx = sample_indices(n, num_frames, sampling, fps, boundary, window)
     out = vr.get_batch(idx)
     return out.asnumpy() if hasattr(out, "asnumpy") else out.numpy()
@@ -215,7 +231,7 @@ def _read_pyav(path: str, num_frames: int, sampling: str, boundary, window) -> n
     frames, info = _decode_pyav(path, keep=True)  # decode all: the exact count of what decodes
     if not frames:
         raise ValueError("no frames decoded" + (f" ({info.error})" if info.error else ""))
-    short = info.shortfall()
+    short = info.shortfall() or info.overrun()
     if short:
         raise TruncatedVideoError(short)
     idx = sample_indices(len(frames), num_frames, sampling, info.fps, boundary, window)
