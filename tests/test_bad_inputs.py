@@ -845,3 +845,20 @@ def test_a_broken_time_base_is_an_error_not_a_2048_second_clip(media, tmp_path, 
     _, args, _ = captioner
     rc, _, err = run_caption_cli([bad, *args, "--boundaries", "1"], capsys)
     assert rc == 2 and "has broken timestamps" in err.strip().splitlines()[-1]
+
+
+def test_evaluating_a_split_without_any_features_is_an_error(tiny_cfg_factory, tmp_path):
+    """Before: a submission of empty captions and CIDEr 0.0, exit status 0 (a wrong features_dir)."""
+    from llmva_gebc.engine.evaluator import run_evaluation
+    from llmva_gebc.errors import UserError
+
+    empty = tmp_path / "feats"
+    empty.mkdir()
+    ann = _ann(tmp_path, "val.json", {VID_A: [(f"{VID_A}_0", 0, 1, 2)], VID_B: [(f"{VID_B}_0", 0, 1, 2)]})
+    vi = tmp_path / "vi.json"
+    vi.write_text(json.dumps({VID_A: 5.0, VID_B: 5.0}))
+    cfg = tiny_cfg_factory("opt", f"datasets.gebc.annotations={{val: {ann}}}", f"datasets.gebc.video_info={vi}",
+                           f"datasets.gebc.features_dir={empty}", f"run.output_dir={tmp_path / 'out'}")
+    with pytest.raises(UserError, match=r"nothing to evaluate on split 'val': none of its 2 boundaries has its features"):
+        run_evaluation(cfg, split="val")
+    assert not list((tmp_path / "out").rglob("*.json"))  # no submission of empty captions, no metrics

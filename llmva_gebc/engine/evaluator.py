@@ -110,11 +110,24 @@ def select_dataset(cfg: Any, split: str) -> str:
     """The one dataset of ``cfg.datasets`` with annotations for ``split`` (error naming them otherwise)."""
     names = [n for n, d in cfg.datasets.items() if split in (d.annotations or {})]
     if len(names) != 1:
-        raise ValueError(
+        from llmva_gebc.config import ConfigError
+
+        raise ConfigError(
             f"evaluation needs exactly one dataset with datasets.<name>.annotations.{split}; found {names or 'none'} "
             f"among {list(cfg.datasets)}"
         )
     return names[0]
+
+
+def check_not_empty(dataset: Dataset, split: str, name: str) -> None:
+    """Raise a user error when no boundary of the split has its inputs: the submission would be all empty
+    captions and the metrics 0, with exit status 0 (a wrong ``features_dir``, features not extracted yet)."""
+    if len(dataset) == 0:
+        from llmva_gebc.errors import UserError
+
+        n = len(getattr(dataset, "boundaries", []) or [])
+        raise UserError(f"nothing to evaluate on split '{split}': none of its {n} boundaries has its features file or "
+                        f"video (datasets.{name}.features_dir / videos_dir, video_info; see the log line above)")
 
 
 def build_eval_dataset(cfg: Any, split: str, name: Optional[str] = None) -> Dataset:
@@ -198,6 +211,7 @@ def run_evaluation(cfg: Any, ckpt: Optional[str] = None, split: str = "val", rep
         remove_stale_temporaries(out_dir)
     name = select_dataset(cfg, split)
     dataset = build_eval_dataset(cfg, split, name)
+    check_not_empty(dataset, split, name)
     model = build_model(cfg.model, device=_device_for(cfg))  # loads model.checkpoint when set
     if hasattr(model, "set_share_prefix"):
         model.set_share_prefix(bool(cfg.run.share_prefix))
@@ -228,5 +242,5 @@ def run_evaluation(cfg: Any, ckpt: Optional[str] = None, split: str = "val", rep
     return metrics
 
 
-__all__ = ["generate_predictions", "run_evaluation", "write_outputs", "build_eval_dataset",
+__all__ = ["generate_predictions", "run_evaluation", "write_outputs", "build_eval_dataset", "check_not_empty",
            "select_dataset", "run_dir_of"]

@@ -353,6 +353,12 @@ class Runner:
                 "val": build_split(self.cfg, run.valid_splits[0], False, False) if run.valid_splits else None,
                 "test": build_split(self.cfg, run.test_splits[0], False, False) if run.test_splits else None,
             }
+        for split_key, splits in (("val", run.valid_splits), ("test", run.test_splits)):
+            ds = self._datasets.get(split_key)
+            if ds is not None and splits and len(ds) == 0:  # else: metrics of nothing, a submission of empty captions
+                from llmva_gebc.engine.evaluator import check_not_empty
+
+                check_not_empty(ds, splits[0], "<name>")
         train_ds = self._datasets["train"]
         if self.collate_fn is None:
             self.collate_fn = collate_for(train_ds)
