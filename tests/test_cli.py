@@ -371,3 +371,14 @@ def test_a_nan_loss_from_huge_features_is_one_error_line(tiny_llm_dirs, feats_di
     capfd.readouterr()
     rc = train.main(["--cfg-path", str(REPO / "train_configs" / "tiny.yaml"), "--options", *opts])
     _one_error_line(rc, capfd.readouterr().err, "non-finite training loss at global step 0", "run.nan_policy=skip")
+
+
+def test_training_or_validating_on_the_test_split_is_one_error_line(tiny_cfg_factory, feats_dir, tmp_path):  # noqa: F811
+    """The test split has no captions: a ValueError traceback at the first batch before."""
+    from llmva_gebc.config import ConfigError
+    from llmva_gebc.engine.trainer import train
+
+    opts = tiny_options(feats_dir, tmp_path, "run.max_steps=1", "run.test_splits=[]")
+    for key in ("run.train_splits", "run.valid_splits"):
+        with pytest.raises(ConfigError, match=rf"{key}=\['test'\]: split 'test' has no reference captions"):
+            train(tiny_cfg_factory("opt", *opts, f"{key}=[test]", f"run.run_name={key}"))

@@ -353,6 +353,13 @@ class Runner:
                 "val": build_split(self.cfg, run.valid_splits[0], False, False) if run.valid_splits else None,
                 "test": build_split(self.cfg, run.test_splits[0], False, False) if run.test_splits else None,
             }
+        for split_key, key, splits in (("train", "run.train_splits", run.train_splits),
+                                       ("val", "run.valid_splits", run.valid_splits)):
+            parts = getattr(self._datasets.get(split_key), "datasets", None) or [self._datasets.get(split_key)]
+            bare = [str(getattr(d, "split", "?")) for d in parts if getattr(d, "has_captions", True) is False]
+            if bare:  # was a ValueError traceback at the first batch
+                raise ConfigError(f"{key}={list(splits)}: split {bare[0]!r} has no reference captions (a test split); "
+                                  "it cannot be trained or validated on")
         for split_key, splits in (("val", run.valid_splits), ("test", run.test_splits)):
             ds = self._datasets.get(split_key)
             if ds is not None and splits and len(ds) == 0:  # else: metrics of nothing, a submission of empty captions
