@@ -684,6 +684,12 @@ def test_checkpoint_values_that_are_no_weights_are_errors(tmp_path, tiny_cfg, ca
 
     assert sorted(load_file(str(tmp_path / "ours" / "model.safetensors"))) == sorted(sd)
     load_trainable(model, tmp_path / "ours")
+    run = tmp_path / "run"
+    (run / "checkpoint_best").mkdir(parents=True)
+    (tmp_path / "ours" / "model.safetensors").rename(run / "checkpoint_best" / "model.safetensors")
+    with pytest.raises(FileNotFoundError, match=rf"checkpoint not found: {run}/model\.safetensors \({run} is a run "
+                                                rf"directory: give {run}/checkpoint_best\)"):
+        load_trainable(model, run)  # --ckpt RUN_DIR instead of RUN_DIR/checkpoint_best
     p = tmp_path / "orig.pth"
     torch.save({"model": {"llama_proj.weight": torch.ones(3, 3, dtype=torch.int32)}}, p)
     assert main(["convert", str(p), str(tmp_path / "out")]) == 2

@@ -98,10 +98,13 @@ def read_torch_file(path: str | os.PathLike, map_location="cpu"):
 
 def _resolve(path: str | os.PathLike) -> Path:
     p = Path(path)
+    run_dir = None
     if p.is_dir():
+        run_dir = next((p / c for c in ("checkpoint_best", "checkpoint_last") if (p / c / WEIGHTS_NAME).is_file()), None)
         p = p / WEIGHTS_NAME
     if not p.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
+        raise FileNotFoundError(f"checkpoint not found: {p}" + (f" ({p.parent} is a run directory: give {run_dir})"
+                                                                if run_dir is not None else ""))
     return p
 
 
