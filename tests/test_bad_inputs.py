@@ -868,3 +868,29 @@ def test_evaluating_a_split_without_any_features_is_an_error(tiny_cfg_factory, t
     with pytest.raises(UserError, match=r"nothing to evaluate on split 'val': none of its 2 boundaries has its features"):
         run_evaluation(cfg, split="val")
     assert not list((tmp_path / "out").rglob("*.json"))  # no submission of empty captions, no metrics
+
+
+def test_a_checkpoint_of_another_model_config_that_fits_is_warned_about(tiny_cfg_factory, tmp_path, caplog):
+    """Weights that load (same shapes) but were trained with another model config (another LLM of the same
+    width, another dropout) were used without a word."""
+    import logging
+
+    from llmva_gebc.config import save_config
+    from llmva_gebc.models import build_model
+    from llmva_gebc.models.checkpoint import load_trained, save_trainable
+
+    trained = tiny_cfg_factory("opt")
+    model = build_model(trained.model)
+    ck = tmp_path / "run" / "checkpoint_best"
+    save_trainable(model, ck)
+    save_config(trained, tmp_path / "run" / "config.yaml")
+    other = tiny_cfg_factory("opt", "model.adapter.hidden_dropout_prob=0.3", "model.generation.num_beams=4")
+    with caplog.at_level(logging.WARNING, logger="llmva_gebc.models.checkpoint"):
+        load_trained(build_model(other.model), ck, other)
+    msgs = [r.getMessage() for r in caplog.records if "was trained with another model config" in r.getMessage()]
+    assert len(msgs) == 1 and "model.adapter.hidden_dropout_prob: checkpoint 0.1 vs config 0.3" in msgs[0]
+    assert "num_beams" not in msgs[0]  # captioning settings may differ
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="llmva_gebc.models.checkpoint"):
+        load_trained(build_model(trained.model), ck, trained)
+    assert not [r for r in caplog.records if "another model config" in r.getMessage()]

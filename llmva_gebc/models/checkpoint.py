@@ -190,16 +190,23 @@ def load_trained(model, ckpt: str | os.PathLike, cfg) -> None:
     ``model.adapter.hidden_size: checkpoint 128 vs config 64``."""
     from llmva_gebc.config import config_diff
 
+    p = Path(ckpt)
+    saved = next((d / "config.yaml" for d in (p, p.parent, p.parent.parent) if (d / "config.yaml").is_file()), None)
     try:
         load_trainable(model, ckpt, allow_partial=bool(cfg.model.allow_partial_load))
     except CheckpointMismatchError as e:
-        p = Path(ckpt)
-        saved = next((d / "config.yaml" for d in (p, p.parent, p.parent.parent) if (d / "config.yaml").is_file()), None)
         diff = config_diff(saved, cfg) if saved is not None else []
         if not diff:
             raise
         raise CheckpointMismatchError(f"checkpoint {ckpt} does not fit the config ({saved} differs: "
                                       f"{'; '.join(diff)})") from e
+    # It fits; but weights trained with another LLM (of the same width) or adapter settings caption
+    # differently: say so (paths may differ between machines, so this is a warning, not an error).
+    free = ("model.generation.", "model.boundary_detector.", "model.checkpoint:", "model.allow_partial_load:")
+    diff = [d for d in (config_diff(saved, cfg, limit=10**6) if saved is not None else []) if not d.startswith(free)]
+    if diff:
+        log.warning("checkpoint %s was trained with another model config (%s): %s", ckpt, saved,
+                    "; ".join(diff[:6]) + (" ..." if len(diff) > 6 else ""))
 
 
 def convert_original(src: str | os.PathLike, out: str | os.PathLike) -> Path:
