@@ -40,6 +40,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from llmva_gebc.data import is_number
 from llmva_gebc.data.gebc import (
     LABELS, TYPES, DataError, boundary_time_problem, build_prompt, check_q_tokens, load_annotations,
     load_feature_array, read_json, reference_points, resample_nearest, resolve_path,
@@ -87,7 +88,7 @@ def resolve_boundaries(boundaries: Sequence[BoundarySpec], duration: float, labe
     if isinstance(boundaries, (str, bytes, numbers.Number)) or not boundaries:
         raise CaptionError(f"boundaries must be a non-empty list of timestamps (seconds) or annotation entries, "
                            f"got {boundaries!r}")
-    if not (_is_number(duration) and math.isfinite(duration) and duration > 0):
+    if not (is_number(duration) and math.isfinite(duration) and duration > 0):
         raise CaptionError(f"the clip duration must be a positive number of seconds, got {duration!r}")
     specs = [dict(b) if isinstance(b, Mapping) else {"timestamp": b} for b in boundaries]
     if labels is not None:
@@ -100,7 +101,7 @@ def resolve_boundaries(boundaries: Sequence[BoundarySpec], duration: float, labe
     times = []
     for i, s in enumerate(specs):
         t = s.get("timestamp")
-        if not _is_number(t):  # not a bool (True would be 1 s), not a string
+        if not is_number(t):  # not a bool (True would be 1 s), not a string
             raise CaptionError(f"boundary {i}: timestamp must be a number of seconds, got {type(t).__name__} {t!r}")
         t = float(t)
         if not math.isfinite(t):
@@ -118,7 +119,7 @@ def resolve_boundaries(boundaries: Sequence[BoundarySpec], duration: float, labe
         bid = s.get("boundary_id", f"{video_id}_{i}")
         prev = s.get("prev_timestamp", ordered[k - 1] if k > 0 else 0.0)
         nxt = s.get("next_timestamp", ordered[k + 1] if k + 1 < len(ordered) else duration)
-        if not (_is_number(prev) and _is_number(nxt)):
+        if not (is_number(prev) and is_number(nxt)):
             raise CaptionError(f"boundary '{bid}': prev/next timestamps must be numbers of seconds, got "
                                f"prev_timestamp={prev!r}, next_timestamp={nxt!r}")
         prev, nxt = float(prev), float(nxt)
@@ -138,11 +139,6 @@ def resolve_boundaries(boundaries: Sequence[BoundarySpec], duration: float, labe
         out.append({"boundary_id": bid, "timestamp": t, "prev_timestamp": prev, "next_timestamp": nxt,
                     "label": str(label)})
     return out
-
-
-def _is_number(x: Any) -> bool:
-    """A real number (int, float, numpy scalar), not a bool and not a string."""
-    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
 
 
 def _device_of(name: Optional[str], cfg) -> torch.device:
@@ -239,7 +235,7 @@ class Captioner:
         vid = Path(video_path).stem
         info = self.video_info()
         if vid in info and info[vid] is not None:
-            if not _is_number(info[vid]):  # a string or a bool (True would be a 1-second clip)
+            if not is_number(info[vid]):  # a string or a bool (True would be a 1-second clip)
                 raise CaptionError(f"{self.video_info_path}: key '{vid}' (the video's duration) must be a number of "
                                    f"seconds, got {type(info[vid]).__name__} {info[vid]!r}")
             return float(info[vid]), f"video_info {self.video_info_path}"
@@ -315,7 +311,7 @@ class Captioner:
         src = "given"
         if duration is None:
             duration, src = self.duration_of(video_path)
-        elif not (_is_number(duration) and math.isfinite(duration) and duration > 0):
+        elif not (is_number(duration) and math.isfinite(duration) and duration > 0):
             raise CaptionError(f"the clip duration (--duration) must be a positive number of seconds, got {duration!r}")
         det = self.boundary_detector
         res = det(video_path, float(duration))

@@ -568,6 +568,12 @@ def _is_missing_path(cfg: DictConfig, key: str) -> bool:
     return node is None or OmegaConf.is_missing(node, leaf)
 
 
+# model.* keys that do not change what the trained weights mean (captioning and loading settings):
+# ``config_diff`` lines starting with these are left out when a checkpoint or a resume is compared.
+WEIGHT_NEUTRAL_MODEL_KEYS = ("model.generation.", "model.boundary_detector.", "model.checkpoint:",
+                             "model.allow_partial_load:")
+
+
 def config_diff(saved: Any, cfg: DictConfig, section: str = "model", limit: int = 8) -> List[str]:
     """``["model.adapter.hidden_size: checkpoint 128 vs config 64", ...]``: the leaf keys under ``section``
     whose values differ between ``saved`` (a run's ``config.yaml`` path, or a config) and ``cfg``.
@@ -606,7 +612,6 @@ def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
-
 def pick_dataset(cfg, name: Optional[str] = None) -> Tuple[Optional[str], Any]:
     """``(name, datasets.<name>)`` whose processors the extraction / captioning tools use: ``name``
     when given, else the GEBC dataset (builder ``gebc``) if the config has one, else the first;
@@ -619,6 +624,7 @@ def pick_dataset(cfg, name: Optional[str] = None) -> Tuple[Optional[str], Any]:
         if d.builder == "gebc":
             return n, d
     return next(iter(cfg.datasets.items()), (None, None))
+
 
 def add_config_args(parser, cfg_help: str = "YAML config (may name a `base:`)", required: bool = True) -> None:
     """The CLI flags every entry point shares: ``--cfg-path`` and ``--options``/``--cfg-options``."""

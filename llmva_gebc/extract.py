@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -191,16 +192,11 @@ def extract_features(
         if not pending:
             return
         try:
-            # Videos whose frames have one shape are encoded together; frames of another shape (a
-            # processor that keeps each video's own size) go through in their own batches.
-            runs: List[torch.Tensor] = []
-            for _, f in pending:
-                if runs and runs[-1].shape[1:] == f.shape[1:]:
-                    runs[-1] = torch.cat([runs[-1], f])
-                else:
-                    runs.append(f)
+            # Consecutive videos whose frames have one shape are encoded together; frames of another shape
+            # (a processor that keeps each video's own size) go through in their own batches.
             outs = []
-            for frames in runs:  # (n_frames, 3, S, S)
+            for _, run in itertools.groupby(pending, key=lambda item: tuple(item[1].shape[1:])):
+                frames = torch.cat([f for _, f in run])  # (n_frames, 3, S, S)
                 for i in range(0, len(frames), batch_size):
                     x = frames[i : i + batch_size].to(device=encoder.device, dtype=encoder.dtype)
                     with torch.no_grad():

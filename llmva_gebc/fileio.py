@@ -60,6 +60,26 @@ def unique_keys(pairs):
     return out
 
 
+class JSONFileError(ValueError):
+    """A JSON input file that cannot be read as one: malformed, a key repeated, not UTF-8."""
+
+
+def read_json_file(path: os.PathLike | str, what: str):
+    """``json.load`` of ``path`` with repeated keys refused (:func:`unique_keys`); :class:`JSONFileError`
+    naming ``what`` (e.g. "annotation"), the file and the place otherwise. Torch-free (score mode)."""
+    import json
+
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            return json.load(f, object_pairs_hook=unique_keys)
+    except json.JSONDecodeError as e:
+        raise JSONFileError(f"malformed JSON in {what} file {path}: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except DuplicateKeyError as e:
+        raise JSONFileError(f"{what} file {path}: {e}") from None
+    except UnicodeDecodeError as e:
+        raise JSONFileError(f"{what} file {path} is not UTF-8 text: {e}") from None
+
+
 def describe_os_error(e: BaseException) -> str:
     """``e`` in user terms: "disk full (No space left on device)", "read-only file system (...)", ..."""
     code = getattr(e, "errno", None)
@@ -165,5 +185,5 @@ def remove_stale_temporaries(directory: os.PathLike | str) -> List[Path]:
     return removed
 
 
-__all__ = ["OutputWriteError", "DuplicateKeyError", "unique_keys", "describe_os_error", "os_error_in", "write_error", "atomic_write_bytes", "check_writable_dir",
+__all__ = ["OutputWriteError", "DuplicateKeyError", "unique_keys", "JSONFileError", "read_json_file", "describe_os_error", "os_error_in", "write_error", "atomic_write_bytes", "check_writable_dir",
            "remove_stale_temporaries"]

@@ -9,6 +9,14 @@ LABELS = (
 )
 
 
+def is_number(value: object) -> bool:
+    """A real number (int, float, numpy scalar), not a bool (``True`` would read as 1 s) and not a string
+    (``"2.5"`` hides a broken export). The one rule for timestamps and durations in every input."""
+    import numbers
+
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def caption_problem(value: object) -> "str | None":
     """Why a reference caption cannot be one, or None: it must be a string with a visible character.
     An empty or blank reference scores every prediction of its boundary 0 and trains the model to say

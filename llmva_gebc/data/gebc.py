@@ -35,7 +35,6 @@ is the index into ``dataset.boundaries`` of sample ``i`` (for samplers that keep
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -46,7 +45,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from llmva_gebc.data import LABELS, TYPES, caption_problem  # noqa: F401  (re-exported)
+from llmva_gebc.data import LABELS, TYPES, caption_problem, is_number  # noqa: F401  (re-exported)
 from llmva_gebc.errors import UserError
 from llmva_gebc.registry import DATASETS
 from llmva_gebc.safe_pickle import load_pickle
@@ -130,31 +129,24 @@ def read_json(path: str | os.PathLike, what: str = "annotation") -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} file not found: {path}")
-    from llmva_gebc.fileio import DuplicateKeyError, unique_keys
+    from llmva_gebc.fileio import JSONFileError, read_json_file
 
     try:
-        with open(path, "r", encoding="utf-8") as f:
-            return json.load(f, object_pairs_hook=unique_keys)
-    except json.JSONDecodeError as e:
-        raise DataError(f"malformed JSON in {what} file {path}: {e.msg} at line {e.lineno} column {e.colno}") from None
-    except DuplicateKeyError as e:
-        raise DataError(f"{what} file {path}: {e}") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{what} file {path} is not UTF-8 text: {e}") from None
+        return read_json_file(path, what)
+    except JSONFileError as e:
+        raise DataError(str(e)) from None
 
 
 def _number(value: Any, path: Path, bid: str, key: str, what: str = "boundary") -> float:
     """``value`` as a float: a JSON number (not a bool, not a string such as ``"2.5"``, which the release
     never has and which would hide a broken export), finite; else ``DataError`` naming the file and key."""
     where = f"boundary '{bid}' key '{key}'" if what == "boundary" else f"key '{bid}' (the video's duration)"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         raise DataError(f"{path}: {where} must be a number of seconds, got {type(value).__name__} {value!r}")
     x = float(value)
     if not math.isfinite(x):
         raise DataError(f"{path}: {where} is not finite: {value!r}")
     return x
-
-
 
 
 def load_annotations(path: str | os.PathLike, with_captions: bool) -> List[Dict[str, Any]]:

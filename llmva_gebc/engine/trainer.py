@@ -37,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from llmva_gebc import dist
 from llmva_gebc.cli import progress_enabled
-from llmva_gebc.config import ConfigError, check_resolved, config_diff, save_config
+from llmva_gebc.config import WEIGHT_NEUTRAL_MODEL_KEYS, ConfigError, check_resolved, config_diff, save_config
 from llmva_gebc.data.collate import collate_for, to_device
 from llmva_gebc.engine import checkpointing as ckpt
 from llmva_gebc.fileio import check_writable_dir, remove_stale_temporaries, write_error
@@ -425,10 +425,6 @@ class Runner:
         self.skipped_steps = 0
         self.higher_is_better = True
 
-    # model.* keys that do not change what the trained weights mean (captioning and loading settings)
-    RESUME_FREE_MODEL_KEYS = ("model.generation.", "model.boundary_detector.", "model.checkpoint:",
-                              "model.allow_partial_load:")
-
     def _check_resume_config(self, saved_path: Path) -> bool:
         """On resume, compare this config with the run's own ``config.yaml``: a different model (another
         LLM, dropout, encoder, ...) is refused before anything is written, since its weights would be
@@ -437,7 +433,7 @@ class Runner:
         if self._saved_cfg is None:
             return False
         model = [d for d in config_diff(self._saved_cfg, self.cfg, "model", limit=10**6)
-                 if not d.startswith(self.RESUME_FREE_MODEL_KEYS)]
+                 if not d.startswith(WEIGHT_NEUTRAL_MODEL_KEYS)]
         if model:
             raise ConfigError(f"run.resume: this config's model differs from the run's own ({saved_path}): "
                               f"{'; '.join(model[:6])}{' ...' if len(model) > 6 else ''}; resume with that config "

@@ -30,6 +30,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from llmva_gebc.data import is_number
+
 ALL = "all"
 
 
@@ -72,7 +74,7 @@ def score_boundaries(predictions: Mapping[str, Sequence[float]], annotations: Ma
 
     for vid, bounds in annotations.items():
         dur = durations.get(vid)
-        if dur is None or isinstance(dur, bool) or not (isinstance(dur, (int, float)) and math.isfinite(dur) and dur > 0):
+        if not (is_number(dur) and math.isfinite(dur) and dur > 0):
             raise ValueError(f"video_info has no positive duration for video '{vid}' (got {dur!r})")
         gt = [float(b["timestamp"]) for b in bounds]
         labels = [str(b.get("label") or "unlabelled") for b in bounds]
@@ -154,8 +156,7 @@ def _main(argv: Sequence[str]) -> int:
             raise ValueError(f"{a.annotations}: no boundaries to score against")
         for vid, bs in anns.items():
             for i, b in enumerate(bs):
-                if not isinstance(b, dict) or isinstance(b.get("timestamp"), bool) or \
-                        not isinstance(b.get("timestamp"), (int, float)):
+                if not isinstance(b, dict) or not is_number(b.get("timestamp")):
                     raise ValueError(f"{a.annotations}: video '{vid}' boundary {i} has no numeric 'timestamp'")
         info = read_json(a.video_info, "video_info")
         if not isinstance(info, dict):

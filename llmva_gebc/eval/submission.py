@@ -23,7 +23,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 from llmva_gebc.data import caption_problem
 from llmva_gebc.errors import UserError
-from llmva_gebc.fileio import DuplicateKeyError, unique_keys
+from llmva_gebc.fileio import JSONFileError, read_json_file, unique_keys
 from llmva_gebc.eval.metrics import SUBMISSION_KEYS, TYPES, _few, text_problem
 from llmva_gebc.safe_pickle import load_pickle
 
@@ -193,15 +193,9 @@ def load_annotations(path: str | os.PathLike) -> Dict[str, List[dict]]:
     if not path.is_file():
         raise SubmissionError(f"annotation file not found: {path}")
     try:
-        with open(path, encoding="utf-8") as f:
-            ann = json.load(f, object_pairs_hook=unique_keys)
-    except json.JSONDecodeError as e:  # e.g. a truncated download
-        raise SubmissionError(f"malformed JSON in annotation file {path}: {e.msg} at line {e.lineno} column {e.colno}"
-                              ) from None
-    except DuplicateKeyError as e:
-        raise SubmissionError(f"annotation file {path}: {e}") from None
-    except UnicodeDecodeError as e:
-        raise SubmissionError(f"annotation file {path} is not UTF-8 text: {e}") from None
+        ann = read_json_file(path, "annotation")
+    except JSONFileError as e:  # e.g. a truncated download
+        raise SubmissionError(str(e)) from None
     if not isinstance(ann, dict) or not all(isinstance(v, list) for v in ann.values()):
         raise SubmissionError(f"{path}: expected {{youtube_id: [boundary, ...]}}")
     for vid, bs in ann.items():

@@ -145,13 +145,20 @@ def read_state_dict(path: str | os.PathLike) -> Tuple[Dict[str, torch.Tensor], s
     p = _resolve(path)
     if p.suffix == ".safetensors":
         return check_weights(read_safetensors(p), p), "llmva_gebc"
-    sd = _state_dict_of(read_torch_file(p), p)
-    if any(k.startswith("adapter.") for k in sd):  # ours, saved as .pth
-        return check_weights(sd, p), "llmva_gebc"
-    converted, ignored = keymaps.adapter_from_original(sd)
+    converted, ignored, kind = _our_keys(_state_dict_of(read_torch_file(p), p))
     if ignored:
         log.info("%s: ignored %d keys that are not part of the adapter (e.g. %s)", p, len(ignored), ignored[:3])
-    return check_weights(converted, p), "original"
+    return check_weights(converted, p), kind
+
+
+def _our_keys(sd: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], List[str], str]:
+    """(our-keyed state dict, ignored original keys, kind) of a ``.pth`` state dict: ours saved as
+    ``.pth`` (keys under ``adapter.``) as it is, an original's through the key map (mapping ours again
+    would turn every key into ``adapter.adapter.*``)."""
+    if any(k.startswith("adapter.") for k in sd):
+        return dict(sd), [], "llmva_gebc"
+    converted, ignored = keymaps.adapter_from_original(sd)
+    return converted, ignored, "original"
 
 
 def _state_dict_of(obj, p: Path) -> Dict[str, torch.Tensor]:
@@ -188,7 +195,7 @@ def load_trained(model, ckpt: str | os.PathLike, cfg) -> None:
     not fit, the error names the ``model.*`` keys in which the checkpoint's training config (the
     ``config.yaml`` of its run directory) differs from ``cfg``, e.g.
     ``model.adapter.hidden_size: checkpoint 128 vs config 64``."""
-    from llmva_gebc.config import config_diff
+    from llmva_gebc.config import WEIGHT_NEUTRAL_MODEL_KEYS, config_diff
 
     p = Path(ckpt)
     saved = next((d / "config.yaml" for d in (p, p.parent, p.parent.parent) if (d / "config.yaml").is_file()), None)
@@ -202,8 +209,8 @@ def load_trained(model, ckpt: str | os.PathLike, cfg) -> None:
                                       f"{'; '.join(diff)})") from e
     # It fits; but weights trained with another LLM (of the same width) or adapter settings caption
     # differently: say so (paths may differ between machines, so this is a warning, not an error).
-    free = ("model.generation.", "model.boundary_detector.", "model.checkpoint:", "model.allow_partial_load:")
-    diff = [d for d in (config_diff(saved, cfg, limit=10**6) if saved is not None else []) if not d.startswith(free)]
+    diff = [d for d in (config_diff(saved, cfg, limit=10**6) if saved is not None else [])
+            if not d.startswith(WEIGHT_NEUTRAL_MODEL_KEYS)]
     if diff:
         log.warning("checkpoint %s was trained with another model config (%s): %s", ckpt, saved,
                     "; ".join(diff[:6]) + (" ..." if len(diff) > 6 else ""))
@@ -213,10 +220,7 @@ def convert_original(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Convert an original ``.pth`` to ``OUT/model.safetensors`` (+ ``conversion.json`` listing ignored keys)."""
     p = _resolve(src)
     sd = _state_dict_of(read_torch_file(p), p)
-    if any(k.startswith("adapter.") for k in sd):  # ours saved as .pth (read_state_dict's rule): keys as they are
-        converted, ignored = dict(sd), []  # (mapped again, every key became 'adapter.adapter.*', silently)
-    else:
-        converted, ignored = keymaps.adapter_from_original(sd)
+    converted, ignored, _ = _our_keys(sd)
     if not converted:
         raise UserError(f"{p}: no adapter keys found (keys start with {sorted({k.split('.')[0] for k in sd})[:10]})")
     check_weights(converted, p)
